@@ -1,0 +1,107 @@
+"""Authenticated encryption as restic does it.
+
+A *master key* has three parts: a 32-byte AES-256 key for AES-CTR and the two 16-byte
+halves ``k`` and ``r`` of a Poly1305-AES MAC key. Every encrypted file and blob is::
+
+    IV (16 random bytes) || AES-256-CTR(key, IV, plaintext) || Poly1305-AES tag (16)
+
+The tag covers the ciphertext only. Its one-time Poly1305 key is ``clamp(r)`` followed by
+``AES-128-ECB(k, IV)``. A *user key* (derived from a password with scrypt) has the same
+three parts and encrypts only the master key inside a key file (see :mod:`.keys`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+from corestate.errors import IntegrityError
+
+IV_SIZE = 16
+TAG_SIZE = 16
+OVERHEAD = IV_SIZE + TAG_SIZE
+
+# Bits of r that Poly1305 requires to be zero (the "clamp").
+_R_MASK = bytes([0xFF, 0xFF, 0xFF, 0x0F, 0xFC, 0xFF, 0xFF, 0x0F,
+                 0xFC, 0xFF, 0xFF, 0x0F, 0xFC, 0xFF, 0xFF, 0x0F])
+
+
+def _clamp(r: bytes) -> bytes:
+    return bytes(a & b for a, b in zip(r, _R_MASK))
+
+
+@dataclass(frozen=True)
+class Key:
+    """A restic key: AES-256 ``encrypt`` key plus Poly1305-AES ``mac_k`` and ``mac_r``."""
+
+    encrypt_key: bytes
+    mac_k: bytes
+    mac_r: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.encrypt_key) != 32 or len(self.mac_k) != 16 or len(self.mac_r) != 16:
+            raise ValueError("key parts must be 32, 16 and 16 bytes")
+        object.__setattr__(self, "_clamped_r", _clamp(self.mac_r))
+        object.__setattr__(self, "_mac_cipher", Cipher(algorithms.AES(self.mac_k), modes.ECB()))
+
+    @classmethod
+    def random(cls) -> Key:
+        return cls(os.urandom(32), os.urandom(16), os.urandom(16))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Key:
+        """From 64 bytes ``encrypt || k || r`` (the layout of scrypt's output)."""
+        return cls(raw[:32], raw[32:48], raw[48:64])
+
+    def _tag(self, iv: bytes, ciphertext: bytes | memoryview) -> bytes:
+        enc = self._mac_cipher.encryptor()  # type: ignore[attr-defined]
+        s = enc.update(iv) + enc.finalize()
+        mac = Poly1305(self._clamped_r + s)  # type: ignore[attr-defined]
+        mac.update(ciphertext)
+        return mac.finalize()
+
+    def encrypt(self, plaintext: bytes | memoryview) -> bytes:
+        """``IV || ciphertext || tag`` with a fresh random IV."""
+        iv = os.urandom(IV_SIZE)
+        while iv == bytes(IV_SIZE):  # restic rejects an all-zero IV
+            iv = os.urandom(IV_SIZE)
+        enc = Cipher(algorithms.AES(self.encrypt_key), modes.CTR(iv)).encryptor()
+        ct = enc.update(plaintext) + enc.finalize()
+        return iv + ct + self._tag(iv, ct)
+
+    def decrypt(self, data: bytes | memoryview, what: str = "data") -> bytes:
+        """Verify the tag and decrypt; :class:`IntegrityError` naming ``what`` otherwise."""
+        view = memoryview(data)
+        if len(view) < OVERHEAD:
+            raise IntegrityError(f"{what}: ciphertext too short ({len(view)} bytes)")
+        iv = bytes(view[:IV_SIZE])
+        ct = view[IV_SIZE:-TAG_SIZE]
+        tag = bytes(view[-TAG_SIZE:])
+        enc = self._mac_cipher.encryptor()  # type: ignore[attr-defined]
+        s = enc.update(iv) + enc.finalize()
+        try:
+            Poly1305.verify_tag(self._clamped_r + s, ct, tag)  # type: ignore[attr-defined]
+        except InvalidSignature:
+            raise IntegrityError(f"{what}: MAC check failed (wrong key or damaged data)") from None
+        dec = Cipher(algorithms.AES(self.encrypt_key), modes.CTR(iv)).decryptor()
+        return dec.update(ct) + dec.finalize()
+
+    def to_json(self) -> dict[str, object]:
+        """The master-key JSON object stored inside a key file."""
+        b64 = base64.standard_b64encode
+        return {
+            "mac": {"k": b64(self.mac_k).decode(), "r": b64(self.mac_r).decode()},
+            "encrypt": b64(self.encrypt_key).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> Key:
+        b64d = base64.standard_b64decode
+        mac = obj["mac"]
+        assert isinstance(mac, dict)
+        return cls(b64d(str(obj["encrypt"])), b64d(str(mac["k"])), b64d(str(mac["r"])))
