@@ -31,6 +31,7 @@ Every figure is also reported as a ratio to restic's, with corestate's targets.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import json
@@ -60,8 +61,6 @@ TARGETS: list[tuple[str, str, float]] = [("backup1", "wall", 0.4), ("backup2", "
                                          ("restore", "wall", 1.0), ("max", "rss", 1.0),
                                          ("backup3", "repo", 1.0)]
 MIB = 1 << 20
-
-# ----------------------------------------------------------------------------- tools
 
 
 def _corestate() -> list[str]:
@@ -104,8 +103,6 @@ TOOLS: dict[str, Tool] = {
 }
 BASELINE = "restic"
 
-# ----------------------------------------------------------------------- measurement
-
 
 @dataclass
 class Measurement:
@@ -124,18 +121,11 @@ class Measurement:
 
 
 def reset_peak_rss() -> None:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0, clear_refs "5").
-
-    A spawned child's ru_maxrss starts at the *parent's* peak RSS: the kernel records
-    the old address space's high-water mark at exec, and the child is forked/vforked
-    from us. Resetting our peak first limits that floor to our current RSS, which
-    `rss_floor_mib` measures and the report states.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+    """Reset our VmHWM to current RSS (clear_refs "5"). A child's ru_maxrss starts at the
+    parent's peak (exec records the vforked-from address space's high-water mark), so this
+    bounds that floor by our *current* RSS; the report states the floor (ru_maxrss of `true`)."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def measure_child(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> Measurement:
@@ -156,11 +146,6 @@ def measure_child(argv: list[str], env: dict[str, str], cwd: Path, log: Path) ->
         lines = log.with_suffix(".err").read_text(errors="replace").strip().splitlines()
         error = f"exit {rc}: {lines[-1].strip() if lines else '(no stderr)'}"
     return Measurement(argv, rc, wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss / 1024, error)
-
-
-def rss_floor_mib(work: Path) -> float:
-    """ru_maxrss reported for `true`: the smallest peak RSS this harness can report."""
-    return measure_child(["true"], dict(os.environ), work, work / "floor").maxrss_mib
 
 
 def du_mib(path: Path) -> float:
@@ -192,16 +177,13 @@ def tree_digest(root: Path) -> dict[str, str]:
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
             p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, root)
-            if stat.S_ISREG(st.st_mode):
-                h = hashlib.sha256()
+            mode = os.lstat(p).st_mode
+            if stat.S_ISREG(mode):
                 with open(p, "rb") as f:
-                    while chunk := f.read(MIB):
-                        h.update(chunk)
-                digest[rel] = h.hexdigest()
+                    value = hashlib.file_digest(f, "sha256").hexdigest()
             else:
-                digest[rel] = f"symlink:{os.readlink(p)}" if stat.S_ISLNK(st.st_mode) else "other"
+                value = f"symlink:{os.readlink(p)}" if stat.S_ISLNK(mode) else "other"
+            digest[os.path.relpath(p, root)] = value
     return digest
 
 
@@ -216,8 +198,6 @@ def compare_trees(expected: dict[str, str], actual: dict[str, str]) -> str | Non
              (("missing", missing), ("extra", extra), ("content differs", differ)) if xs]
     return "restore verification FAILED: " + "; ".join(parts)
 
-
-# --------------------------------------------------------------------------- corpora
 
 
 def _text(rng: random.Random, vocab: list[str], size: int) -> bytes:
@@ -236,11 +216,9 @@ def _randbytes(rng: random.Random, size: int) -> bytes:
 
 
 def mixed_params(quick: bool) -> dict[str, Any]:
-    if quick:
-        return {"kind": "mixed", "seed": SEED, "text_mib": 12, "bin_mib": 8, "random_mib": 12,
-                "small_files": 3000, "big_mib": 8, "big_count": 2, "v": CORPUS_VERSION}
-    return {"kind": "mixed", "seed": SEED, "text_mib": 200, "bin_mib": 100, "random_mib": 200,
-            "small_files": 20000, "big_mib": 200, "big_count": 2, "v": CORPUS_VERSION}
+    sizes = (12, 8, 12, 3000, 8) if quick else (200, 100, 200, 20000, 200)   # ~61 MiB / ~1 GB
+    keys = ("text_mib", "bin_mib", "random_mib", "small_files", "big_mib")
+    return {"kind": "mixed", "seed": SEED, "v": CORPUS_VERSION, "big_count": 2, **dict(zip(keys, sizes, strict=True))}
 
 
 def generate_mixed(root: Path, p: dict[str, Any]) -> None:
@@ -304,6 +282,7 @@ def generate_usr(root: Path, p: dict[str, Any]) -> None:
                 dst = root / os.path.relpath(src, "/")
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
+                os.chmod(dst, stat.S_IMODE(st.st_mode) & 0o777)   # no setuid copies
                 left -= st.st_size
             if left < 64 * 1024:
                 break
@@ -350,8 +329,6 @@ def change_files(root: Path, seed: int, fraction: float = 0.01) -> dict[str, int
     return {"files": len(chosen), "of": len(files), "bytes": changed_bytes}
 
 
-# ---------------------------------------------------------------------------- runner
-
 
 @dataclass
 class ToolResult:
@@ -366,10 +343,16 @@ class ToolResult:
 def tool_version(tool: Tool) -> str:
     try:
         out = subprocess.run(tool.version(), capture_output=True, text=True, timeout=60)
-        text = (out.stdout or out.stderr).strip().splitlines()
-        return text[0] if out.returncode == 0 and text else f"unavailable ({text[-1] if text else out.returncode})"
+        text = (out.stdout or out.stderr).strip().splitlines() or [f"exit {out.returncode}"]
+        return text[0] if out.returncode == 0 else f"unavailable ({text[-1]})"
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unavailable ({exc})"
+
+
+def _progress(tool: str, phase: str, m: Measurement) -> None:
+    repo = "" if m.repo_mib is None else f" {m.repo_mib:8.1f} MiB repo"
+    print(f"  {tool:9s} {phase:8s} {m.wall_s:8.2f} s wall {m.cpu_s:8.2f} s cpu {m.maxrss_mib:6.0f} "
+          f"MiB rss{repo}{'  ' + m.error if m.error else ''}", file=sys.stderr, flush=True)
 
 
 def run_tool(name: str, src: Path, work: Path) -> ToolResult:
@@ -390,8 +373,7 @@ def run_tool(name: str, src: Path, work: Path) -> ToolResult:
         m = measure_child(tool.backup(repo, src, n), env, work, logs / phase)
         m.repo_mib = du_mib(repo)
         res.phases[phase] = m
-        print(f"  {name:9s} {phase}: {m.wall_s:7.2f} s wall {m.cpu_s:7.2f} s cpu "
-              f"{m.maxrss_mib:6.0f} MiB rss {m.repo_mib:7.1f} MiB repo", file=sys.stderr, flush=True)
+        _progress(name, phase, m)
         if m.error:
             res.failure = f"{phase}: {m.error}"
             return res
@@ -400,8 +382,7 @@ def run_tool(name: str, src: Path, work: Path) -> ToolResult:
                       logs / "restore")
     res.phases["restore"] = m
     res.cache_mib = du_mib(work / "cache")
-    print(f"  {name:9s} restore: {m.wall_s:7.2f} s wall {m.cpu_s:7.2f} s cpu "
-          f"{m.maxrss_mib:6.0f} MiB rss", file=sys.stderr, flush=True)
+    _progress(name, "restore", m)
     if m.error:
         res.failure = f"restore: {m.error}"
         return res
@@ -421,8 +402,6 @@ def prepare_source(corpus: Path, src: Path) -> dict[str, str]:
     os.sync()
     return tree_digest(src)
 
-
-# --------------------------------------------------------------------------- report
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
@@ -475,8 +454,8 @@ def render_table(results: dict[str, ToolResult]) -> str:
         for t in tools:
             m, b = results[t].phases.get(phase), base.phases.get(phase) if base else None
             show = t != BASELINE
-            if m is not None and m.error:
-                row += [f"FAIL ({m.rc})", "", "", ""]
+            if (m is not None and m.error) or (m is None and results[t].failure):
+                row += [f"FAIL ({m.rc})" if m else "not run", "", "", ""]
                 continue
             row += [_cell(_metric(m, k), _metric(b, k), f, show)
                     for k, f in (("wall", ".2f"), ("cpu", ".2f"), ("rss", ".0f"), ("repo", ".1f"))]
@@ -509,15 +488,14 @@ def render_section(kind: str, quick: bool, info: dict[str, Any],
                    for r in results.values() if r.changed), "n/a"),
            "- Page cache warm for all tools (fresh corpus copy, synced and read once before each "
            "tool's first backup); init not timed; repo MiB = `du` of the repository after the phase; "
-           "cells for non-restic tools show value (ratio to restic).", "",
+           "cells for non-restic tools show value (ratio to restic); peak RSS = child's ru_maxrss "
+           f"(floor {info['rss_floor_mib']} MiB = harness RSS, see reset_peak_rss).", "",
            render_table(results), ""]
     for t, r in results.items():
         out.append(f"- {t}: " + (f"**FAILED** — {r.failure}" if r.failure else "")
                    + (f"restore verification {r.verify}" if r.verify else ""))
     return "\n".join(out) + "\n"
 
-
-# ----------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -553,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
                 ok &= results[name].failure is None and (results[name].verify or "").startswith("ok")
                 if not args.keep:
                     shutil.rmtree(run_dir / name, ignore_errors=True)
+            floor = measure_child(["true"], dict(os.environ), run_dir, run_dir / "floor")
+            info = {**info, "rss_floor_mib": round(floor.maxrss_mib, 1)}
         finally:
             if not args.keep:
                 shutil.rmtree(run_dir, ignore_errors=True)

@@ -114,6 +114,22 @@ class Repository:
             raise PermanentError(f"{prefix!r} is ambiguous: {len(matches)} {kind.value} files match")
         return matches[0]
 
+    # -- CoreState's own sidecar files (restic ignores the directory) ---------------------
+    def save_sidecar(self, name: str, payload: bytes) -> None:
+        """Store our rebuildable metadata encrypted under ``corestate/<name>``."""
+        self.backend.write(Kind.SIDECAR, name,
+                           self.key.encrypt(zstandard.ZstdCompressor(level=3).compress(payload)))
+
+    def load_sidecar(self, name: str) -> bytes:
+        data = self.key.decrypt(self.backend.read(Kind.SIDECAR, name), f"corestate/{name}")
+        try:
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"corestate/{name}: cannot decompress ({exc})") from None
+
+    def list_sidecar(self) -> list[str]:
+        return [f.name for f in self.backend.list(Kind.SIDECAR)]
+
     # -- index ----------------------------------------------------------------------------
     def load_index(self) -> MasterIndex:
         """Read every index file (once) into :attr:`index`."""

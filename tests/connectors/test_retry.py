@@ -40,6 +40,7 @@ class FlakyBackend:
         self.faults = deque(faults)
         self.calls: Counter[str] = Counter()
         self.fault_after_delete = False  # delete, then lose the reply
+        self.fault_mid_list = False  # fail after yielding part of a listing
 
     def _call(self, operation: str) -> None:
         self.calls[operation] += 1
@@ -58,8 +59,16 @@ class FlakyBackend:
         self.inner.create()
 
     def list(self, kind: Kind) -> Iterator[FileInfo]:
-        self._call("list")
-        return self.inner.list(kind)
+        if not self.fault_mid_list:
+            self._call("list")
+            return self.inner.list(kind)
+        self.calls["list"] += 1
+        return self._list_then_fail(kind)
+
+    def _list_then_fail(self, kind: Kind) -> Iterator[FileInfo]:
+        yield from self.inner.list(kind)
+        if self.faults:
+            raise self.faults.popleft()
 
     def stat(self, kind: Kind, name: str) -> FileInfo:
         self._call("stat")
@@ -187,6 +196,14 @@ def test_list_is_retried_and_complete(flaky: FlakyBackend) -> None:
     listed = list(RetryBackend(flaky, sleep=lambda seconds: None).list(Kind.DATA))
     assert listed == [FileInfo(Kind.DATA, NAME, 4)]
     assert flaky.calls["list"] == 3
+
+
+def test_a_listing_that_fails_half_way_starts_over(flaky: FlakyBackend) -> None:
+    flaky.fault_mid_list = True
+    flaky.faults.extend(transient(1))
+    listed = list(RetryBackend(flaky, sleep=lambda seconds: None).list(Kind.DATA))
+    assert listed == [FileInfo(Kind.DATA, NAME, 4)]
+    assert flaky.calls["list"] == 2
 
 
 def test_delete_whose_reply_was_lost_succeeds(flaky: FlakyBackend) -> None:

@@ -1,0 +1,80 @@
+"""Walking a snapshot's trees: every node with its path inside the snapshot.
+
+A *snapshot path* is a node's absolute path inside the snapshot, as raw bytes: the names
+of the directories from the root tree down to the node, joined by ``/`` and starting with
+``/`` (restic nests the full backed-up path, so ``/home/u/notes.txt`` in the snapshot is
+``/home/u/notes.txt`` on the machine it came from). Names are bytes because file names
+need not be UTF-8.
+
+The walk is depth-first in *tree order*: a directory comes right before its children,
+and siblings come in the order stored in the tree (sorted by name bytewise), the order
+``restic ls`` prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from corestate.errors import IntegrityError, NotFoundError
+from corestate.repository.repository import Repository
+from corestate.repository.tree import Node
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent + name if parent.endswith(b"/") else parent + b"/" + name
+
+
+def walk(repo: Repository, tree_id: bytes, prefix: bytes = b"/",
+         descend: Callable[[bytes, Node], bool] | None = None,
+         on_error: Callable[[bytes, IntegrityError | NotFoundError], None] | None = None,
+         ) -> Iterator[tuple[bytes, Node]]:
+    """Yield ``(snapshot path, node)`` for every node below ``tree_id``, depth first.
+
+    ``prefix`` is the snapshot path of the tree itself. ``descend(path, node)``, when
+    given, decides whether a directory's children are walked (the directory itself is
+    always yielded). A subtree that cannot be loaded raises, unless ``on_error`` is
+    given: then it is called with the directory's path and the error, and the walk goes
+    on with the next sibling.
+    """
+    # An explicit stack of iterators: snapshots can nest deeper than Python's recursion
+    # limit, and a generator per level would cost a frame per level on every yield.
+    stack: list[tuple[bytes, Iterator[Node]]] = [(prefix, iter(repo.load_tree(tree_id)))]
+    while stack:
+        parent, nodes = stack[-1]
+        node = next(nodes, None)
+        if node is None:
+            stack.pop()
+            continue
+        path = _join(parent, node.name)
+        yield path, node
+        if node.type != "dir" or node.subtree is None:
+            continue
+        if descend is not None and not descend(path, node):
+            continue
+        try:
+            children = repo.load_tree(node.subtree)
+        except (IntegrityError, NotFoundError) as exc:
+            if on_error is None:
+                raise
+            on_error(path, exc)
+            continue
+        stack.append((path, iter(children)))
+
+
+def find_node(repo: Repository, tree_id: bytes, path: bytes) -> Node | None:
+    """The node at snapshot path ``path`` below ``tree_id``, or None if there is none.
+
+    Empty components and a trailing ``/`` are ignored; the root itself (``/``) has no
+    node, so it gives None.
+    """
+    parts = [p for p in path.split(b"/") if p]
+    node: Node | None = None
+    current: bytes | None = tree_id
+    for part in parts:
+        if current is None:
+            return None
+        node = next((n for n in repo.load_tree(current) if n.name == part), None)
+        if node is None:
+            return None
+        current = node.subtree if node.type == "dir" else None
+    return node
