@@ -459,6 +459,8 @@ def render_table(results: dict[str, ToolResult]) -> str:
                 continue
             row += [_cell(_metric(m, k), _metric(b, k), f, show)
                     for k, f in (("wall", ".2f"), ("cpu", ".2f"), ("rss", ".0f"), ("repo", ".1f"))]
+            if phase == "restore" and not (results[t].verify or "").startswith("ok"):
+                row[-4] += " **VERIFY FAILED**"
         row.append(marks.get(phase, ""))
         lines.append("| " + " | ".join(row) + " |")
     row = ["peak RSS (max of phases)"]

@@ -112,7 +112,7 @@ class _Run:
         self.files = ThreadPoolExecutor(workers, thread_name_prefix="file")
         self.sealers = ThreadPoolExecutor(2, thread_name_prefix="seal")
         self._files_in_flight = threading.BoundedSemaphore(workers * 16)
-        self._chunks_in_flight = threading.BoundedSemaphore(4)
+        self._chunks_in_flight = threading.BoundedSemaphore(8)
         self._seal_error: BaseException | None = None
         self._pending_seals = 0
         self._seals_done = threading.Condition()
@@ -351,6 +351,7 @@ def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = No
         finally:
             run.files.shutdown(wait=True, cancel_futures=True)
             run.sealers.shutdown(wait=True)
+            run.packer.close()
             walker.join()
         dedupmod.store_table(repo, run.table)
         snap = Snapshot(time=opts.time_ns or now_ns(), tree=root_tree, paths=paths,

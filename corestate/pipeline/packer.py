@@ -4,12 +4,15 @@
 encrypts it (:func:`corestate.repository.pack.seal_blob`). The *packer* appends sealed
 blobs to one open pack per blob type and, when a pack reaches the target size
 (~16 MiB), finishes it and hands it to the repository, which writes it and queues its
-index entry. :meth:`Packer.flush` finishes every open pack; after it returns, every
-blob given to :meth:`Packer.add` is durable.
+index entry. Finished packs are written by one *writer* thread behind a queue of
+:data:`WRITE_QUEUE` packs, so sealing goes on while a pack is fsynced.
+:meth:`Packer.flush` finishes every open pack and waits for the writer; after it
+returns, every blob given to :meth:`Packer.add` is durable.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 
 import zstandard
@@ -19,6 +22,7 @@ from corestate.repository.pack import (TARGET_PACK_SIZE, BlobType, PackBuilder, 
 from corestate.repository.repository import Repository
 
 _local = threading.local()
+WRITE_QUEUE = 2
 
 
 def _compressor() -> zstandard.ZstdCompressor:
@@ -40,6 +44,10 @@ class Packer:
         self._lock = threading.Lock()
         self.blobs_added = 0
         self.bytes_stored = 0
+        self._queue: queue.Queue[PackBuilder | None] = queue.Queue(WRITE_QUEUE)
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_loop, name="pack-writer", daemon=True)
+        self._writer.start()
 
     def seal(self, blob_id: bytes, btype: BlobType, plaintext: bytes) -> SealedBlob:
         return seal_blob(self._repo.key, blob_id, btype, plaintext,
@@ -57,18 +65,37 @@ class Packer:
             if builder.size >= self._target:
                 full = self._open.pop(blob.type)
         if full is not None:
-            self._write(full)
+            self._queue.put(full)
 
     def add_plain(self, blob_id: bytes, btype: BlobType, plaintext: bytes) -> None:
         self.add(self.seal(blob_id, btype, plaintext))
 
-    def _write(self, builder: PackBuilder) -> None:
-        pack_id, data, entries = builder.finish(self._repo.key)
-        self._repo.add_pack(pack_id, data, entries)
+    def _write_loop(self) -> None:
+        while True:
+            builder = self._queue.get()
+            try:
+                if builder is not None and self._error is None:
+                    pack_id, data, entries = builder.finish(self._repo.key)
+                    self._repo.add_pack(pack_id, data, entries)
+            except BaseException as exc:  # reported by flush
+                self._error = exc
+            finally:
+                self._queue.task_done()
+            if builder is None:
+                return
 
     def flush(self) -> None:
+        """Write every open pack and wait until all packs are stored."""
         with self._lock:
             builders, self._open = list(self._open.values()), {}
         for b in builders:
             if len(b):
-                self._write(b)
+                self._queue.put(b)
+        self._queue.join()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Stop the writer thread (after :meth:`flush`)."""
+        self._queue.put(None)
+        self._writer.join()
