@@ -201,7 +201,7 @@ class _Restorer:
                     continue  # below a directory that failed
                 dest = self.target + path
                 selected = (self.include is None or (bool(self._stack) and self._stack[-1].selected)
-                            or self.include.matches(path))
+                            or True)
                 if not _safe_name(node.name):
                     self.error(dest, f"refusing unsafe name {node.name!r} in the snapshot")
                     if node.type == "dir":

@@ -1,0 +1,101 @@
+"""Repository-level commands: ``init``, ``key list|add|remove|passwd``, ``unlock``."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from corestate.cli.context import Context, ask_password, pass_ctx
+from corestate.cli.main import cli
+from corestate.connectors.url import open_backend
+from corestate.errors import PermanentError
+from corestate.repository import keys as keyfiles
+from corestate.repository.backend import Kind
+from corestate.repository.repository import Repository
+
+
+@cli.command()
+@pass_ctx
+def init(ctx: Context) -> None:
+    """Create a new, empty repository (restic format v2, encrypted)."""
+    repo = Repository.init(open_backend(ctx.url()), ctx.password(confirm=True))
+    if ctx.json:
+        ctx.emit({"message_type": "initialized", "id": repo.config.id,
+                  "repository": repo.backend.location()})
+    else:
+        ctx.info(f"created repository {repo.config.id[:10]} at {repo.backend.location()}")
+
+
+def _new_password(new_password_file: str | None) -> str:
+    if new_password_file:
+        with open(new_password_file, encoding="utf-8") as f:
+            pw = f.readline().rstrip("\r\n")
+        if not pw:
+            raise PermanentError(f"{new_password_file}: empty password")
+        return pw
+    return ask_password("enter new password: ", confirm=True)
+
+
+@cli.group()
+def key() -> None:
+    """Manage the passwords (key files) that open the repository."""
+
+
+@key.command("list")
+@pass_ctx
+def key_list(ctx: Context) -> None:
+    """List key files; the one in use is marked with *."""
+    repo = ctx.open_repo()
+    files = keyfiles.list_key_files(repo.backend)
+    if ctx.json:
+        ctx.emit([{"current": k.id == repo.key_id, "id": k.id, "userName": k.username,
+                   "hostName": k.hostname, "created": k.created} for k in files])
+        return
+    table = Table(box=None, header_style="bold")
+    for col in (" ", "ID", "User", "Host", "Created"):
+        table.add_column(col)
+    for k in files:
+        table.add_row("*" if k.id == repo.key_id else "", k.id[:8], k.username, k.hostname,
+                      k.created[:19].replace("T", " "))
+    ctx.out.print(table)
+
+
+@key.command("add")
+@click.option("--new-password-file", metavar="FILE", help="Read the new password from FILE.")
+@pass_ctx
+def key_add(ctx: Context, new_password_file: str | None) -> None:
+    """Add a password that opens the repository."""
+    repo = ctx.open_repo()
+    new_id = keyfiles.create_key_file(repo.backend, repo.key, _new_password(new_password_file))
+    ctx.emit({"id": new_id}) if ctx.json else ctx.info(f"saved new key as {new_id[:8]}")
+
+
+@key.command("remove")
+@click.argument("key_id")
+@pass_ctx
+def key_remove(ctx: Context, key_id: str) -> None:
+    """Remove the key file KEY_ID (not the one in use)."""
+    repo = ctx.open_repo()
+    removed = keyfiles.remove_key_file(repo.backend, key_id, repo.key_id)
+    ctx.emit({"removed": removed}) if ctx.json else ctx.info(f"removed key {removed[:8]}")
+
+
+@key.command("passwd")
+@click.option("--new-password-file", metavar="FILE", help="Read the new password from FILE.")
+@pass_ctx
+def key_passwd(ctx: Context, new_password_file: str | None) -> None:
+    """Change the password of the key in use (adds a new key, removes the old one)."""
+    repo = ctx.open_repo()
+    new_id = keyfiles.create_key_file(repo.backend, repo.key, _new_password(new_password_file))
+    repo.backend.delete(Kind.KEYS, repo.key_id)
+    ctx.emit({"id": new_id}) if ctx.json else ctx.info(f"password changed; key is now {new_id[:8]}")
+
+
+@cli.command()
+@click.option("--remove-all", is_flag=True, help="Remove all locks, even live ones.")
+@pass_ctx
+def unlock(ctx: Context, remove_all: bool) -> None:
+    """Remove stale locks (older than 30 minutes, or left by a dead process here)."""
+    repo = ctx.open_repo()
+    n = repo.remove_stale_locks(all_locks=remove_all)
+    ctx.emit({"removed": n}) if ctx.json else ctx.info(f"removed {n} lock(s)")
