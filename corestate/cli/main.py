@@ -116,6 +116,3 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"corestate: error: {exc.strerror or exc}{where}", err=True)
         sys.exit(1)
 
-
-if __name__ == "__main__":
-    main()

@@ -191,8 +191,9 @@ class _Restorer:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as pool:
             def done(future: Future[None]) -> None:
                 slots.release()
-                if future.exception() is not None:
-                    self._crashes.append(future.exception())  # type: ignore[arg-type]
+                crash = future.exception()  # a bug, not damage: re-raised below
+                if crash is not None:
+                    self._crashes.append(crash)
 
             for path, node in walk(self.repo, tree_id, b"/", self._descend, self._tree_error):
                 while self._stack and not path.startswith(self._stack[-1].path + b"/"):
@@ -201,7 +202,7 @@ class _Restorer:
                     continue  # below a directory that failed
                 dest = self.target + path
                 selected = (self.include is None or (bool(self._stack) and self._stack[-1].selected)
-                            or True)
+                            or self.include.matches(path))
                 if not _safe_name(node.name):
                     self.error(dest, f"refusing unsafe name {node.name!r} in the snapshot")
                     if node.type == "dir":

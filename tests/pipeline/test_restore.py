@@ -19,7 +19,6 @@ import pytest
 
 from corestate.connectors.local import LocalBackend
 from corestate.pipeline.restore import RestoreResult, restore
-from corestate.repository.backend import Kind
 from corestate.repository.repository import Repository
 from corestate.repository.walk import find_node, walk
 
@@ -238,7 +237,7 @@ def test_restore_with_include_restores_only_matches_and_parents(backup: Backup, 
     restored = {p[len(bytes(target)):] for p in
                 (os.fsencode(d) + b"/" + n for d, ds, fs in os.walk(bytes(target)) for n in ds + fs)}
     wanted = {f"{src}/a/b/c/deep.txt", f"{src}/a/notes.txt", f"{src}/docs/x.txt", f"{src}/docs/y.bin"}
-    expected = set()
+    expected: set[str] = set()
     for path in wanted:
         parts = path.split("/")
         expected.update("/".join(parts[:i]) for i in range(2, len(parts) + 1))
