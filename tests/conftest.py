@@ -17,12 +17,15 @@ PASSWORD = "correct horse battery staple"
 
 
 def run_corestate(*args: str, env: dict[str, str] | None = None, check: bool = True,
-                  timeout: float = 600, user: int | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real `corestate` command (as the console script would)."""
+                  timeout: float = 600, drop_dac: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real `corestate` command (as the console script would).
+
+    ``drop_dac`` runs it as root without the capabilities that let root read any file,
+    so permission bits apply to it as to a normal user."""
     full_env = {**os.environ, "CORESTATE_PASSWORD": PASSWORD, **(env or {})}
     cmd = [sys.executable, "-m", "corestate", *args]
-    if user is not None:
-        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    if drop_dac:
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
     proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True,
                           errors="surrogateescape", timeout=timeout)
     if check and proc.returncode != 0:

@@ -25,6 +25,7 @@ import os
 import queue
 import socket
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -340,9 +341,16 @@ def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = No
         run = _Run(repo, opts, progress)
         parent = find_parent(repo, opts, paths)
         root_old = Node(name=b"", type="dir", subtree=parent.tree) if parent else None
-        walker = threading.Thread(target=run.walk, args=(_roots(paths), root_old),
-                                  name="walker", daemon=True)
-        walker.start()
+        # The walk recurses once per directory level: give it room for trees nested as
+        # deep as PATH_MAX allows (~2000 levels).
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
+        old_stack = threading.stack_size(256 * 1024 * 1024)
+        try:
+            walker = threading.Thread(target=run.walk, args=(_roots(paths), root_old),
+                                      name="walker", daemon=True)
+            walker.start()
+        finally:
+            threading.stack_size(old_stack)
         try:
             root_tree = run.assemble()
             run.wait_sealed()

@@ -34,15 +34,17 @@ class LockInfo:
     pid: int
 
     def is_stale(self) -> bool:
-        if now_ns() - self.time > STALE_AFTER_NS:
+        return now_ns() - self.time > STALE_AFTER_NS or self.held_by_dead_local_process()
+
+    def held_by_dead_local_process(self) -> bool:
+        if self.hostname != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
             return True
-        if self.hostname == socket.gethostname():
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
+        except PermissionError:
+            return False
         return False
 
     def describe(self) -> str:

@@ -267,8 +267,14 @@ class Repository:
     def locked(self, exclusive: bool = False) -> Iterator[None]:
         """Hold a restic-compatible lock for the duration of the block."""
         lock_id = self.save_json(Kind.LOCKS, orjson.loads(locks.lock_document(exclusive)))
+        existing = self.list_locks()
+        for lock in existing:
+            if lock.id != lock_id and lock.held_by_dead_local_process():
+                # certainly stale (its process is gone); restic would need `unlock` first
+                with contextlib.suppress(NotFoundError):
+                    self.backend.delete(Kind.LOCKS, lock.id)
         try:
-            locks.check_conflicts(self.list_locks(), exclusive, lock_id)
+            locks.check_conflicts(existing, exclusive, lock_id)
         except RepositoryLockedError:
             self.backend.delete(Kind.LOCKS, lock_id)
             raise
