@@ -1,0 +1,73 @@
+"""Consistent reads, excludes, and node metadata."""
+
+from __future__ import annotations
+
+import io
+import os
+
+from corestate.pipeline.capture import ExcludeMatcher, node_from_stat, read_consistently
+from corestate.pipeline.chunk import chunk_stream
+from corestate.repository.tree import MODE_DIR, MODE_SYMLINK
+
+
+def _collect(path, mutate_times):
+    """Read ``path``; the chunker appends to the file during the first N reads."""
+    seen = []
+    reads = [0]
+
+    def chunker(f):
+        reads[0] += 1
+        data = f.read()
+        if reads[0] <= mutate_times:
+            with open(path, "ab") as w:
+                w.write(b"more")
+        yield data
+
+    def consume(chunks):
+        seen.clear()
+        seen.extend(chunks)
+
+    return read_consistently(os.fsencode(path), consume, chunker), b"".join(seen)
+
+
+def test_file_changing_once_is_read_again(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"start")
+    outcome, data = _collect(p, mutate_times=1)
+    assert outcome.consistent and outcome.attempts == 2
+    assert data == b"startmore"
+
+
+def test_file_that_never_settles_is_flagged(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"start")
+    outcome, _ = _collect(p, mutate_times=100)
+    assert not outcome.consistent and outcome.attempts == 3
+
+
+def test_excludes():
+    m = ExcludeMatcher(["*.log", "/var/cache", "**/node_modules", "build/*.o"])
+    assert m.excluded(b"/x/a.log")
+    assert m.excluded(b"/var/cache") and m.excluded(b"/var/cache/apt/x")
+    assert not m.excluded(b"/var/cachet")
+    assert m.excluded(b"/home/u/p/node_modules")
+    assert m.excluded(b"/src/build/m.o") and not m.excluded(b"/src/build/m.c")
+    assert not m.excluded(b"/x/a.txt")
+
+
+def test_node_types(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    os.symlink("target", tmp_path / "l")
+    dn = node_from_stat(b"d", os.fsencode(d), os.lstat(d))
+    ln = node_from_stat(b"l", os.fsencode(tmp_path / "l"), os.lstat(tmp_path / "l"))
+    assert dn.type == "dir" and dn.mode & MODE_DIR
+    assert ln.type == "symlink" and ln.mode & MODE_SYMLINK and ln.linktarget == b"target"
+
+
+def test_chunking_is_content_defined():
+    import random
+    data = random.Random(3).randbytes(6_000_000)
+    a = list(chunk_stream(io.BytesIO(data)))
+    b = list(chunk_stream(io.BytesIO(b"inserted" + data)))
+    assert len(set(a) & set(b)) >= len(a) - 2, "an insertion must only move nearby boundaries"
