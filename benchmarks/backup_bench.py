@@ -47,9 +47,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data"
@@ -137,6 +138,7 @@ def reset_peak_rss() -> None:
 
 def measure_child(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> Measurement:
     """Run argv to completion; wall time, and rusage of exactly this child via wait4."""
+    os.sync()   # earlier writes (copies, previous phases) must not be flushed on our clock
     reset_peak_rss()
     with open(log.with_suffix(".out"), "wb") as out, open(log.with_suffix(".err"), "wb") as err:
         t0 = time.perf_counter()
@@ -444,7 +446,7 @@ def target_marks(results: dict[str, ToolResult]) -> dict[str, str]:
         else:
             r = _ratio(_metric(cs.phases.get(phase) if cs else None, metric),
                        _metric(base.phases.get(phase) if base else None, metric))
-        mark = "n/a" if r is None else f"{r:.2f}× {'✅ pass' if r <= limit else '❌ miss'}"
+        mark = "n/a" if r is None else f"{r:.3f}× {'✅ pass' if r <= limit else '❌ miss'}"
         marks[phase] = f"{metric} ≤ {limit}×: {mark}"
     return marks
 

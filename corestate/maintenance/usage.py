@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from pyroaring import BitMap
 
+from corestate.errors import IntegrityError, NotFoundError
 from corestate.maintenance import ProgressFn, no_progress
 from corestate.pipeline import dedup
 from corestate.repository.repository import Repository
@@ -79,7 +80,12 @@ def snapshot_usage(repo: Repository, snaps: Iterable[Snapshot], table: dedup.Ord
         if bitmap is not None:
             out.append(SnapshotUsage(snap, bitmap, False))
         else:
-            out.append(SnapshotUsage(snap, table.bitmap(tree_blob_ids(repo, snap.tree)), True))
+            try:
+                blobs = tree_blob_ids(repo, snap.tree)
+            except (IntegrityError, NotFoundError) as exc:
+                raise IntegrityError(f"snapshot {snap.short_id}: cannot tell which blobs it "
+                                     f"uses: {exc}") from exc
+            out.append(SnapshotUsage(snap, table.bitmap(blobs), True))
     progress("snapshots", len(snaps), len(snaps))
     recomputed = [u for u in out if u.recomputed]
     if store and recomputed:

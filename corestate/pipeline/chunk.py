@@ -5,10 +5,11 @@ A *chunk* is a run of bytes whose boundaries depend only on the content around t
 only the chunks near it. Bounds follow restic: minimum 512 KiB, average 1 MiB, maximum
 8 MiB. Each chunk becomes one data blob named by the SHA-256 of its bytes.
 
-The stream is read in windows of :data:`WINDOW` bytes; the last chunk found in a window
-is not final unless the stream ended (its end may be a window edge, not a content
-boundary), so its bytes are carried into the next window. Memory is bounded by
-``WINDOW`` (at least twice the maximum chunk) whatever the file's size.
+The stream is read into one reused buffer of :data:`WINDOW` bytes; the last chunk found
+in a window is not final unless the stream ended or it has the maximum size (its end
+may be a window edge, not a content boundary), so its bytes are moved to the front and
+the window is refilled behind them. Memory is bounded by the window (at least the
+maximum chunk size) whatever the file's size.
 
 >>> import io, random
 >>> data = random.Random(1).randbytes(5_000_000)
@@ -31,32 +32,34 @@ from fastcdc import fastcdc as _fastcdc  # the Cython build; pure Python is far 
 MIN_SIZE = 512 * 1024
 AVG_SIZE = 1024 * 1024
 MAX_SIZE = 8 * 1024 * 1024
-WINDOW = 16 * 1024 * 1024
-
-
-def _cut_points(buf: memoryview) -> Iterator[tuple[int, int]]:
-    for c in _fastcdc(buf, min_size=MIN_SIZE, avg_size=AVG_SIZE, max_size=MAX_SIZE):
-        yield c.offset, c.length
+WINDOW = 8 * 1024 * 1024
 
 
 def chunk_stream(stream: BinaryIO, window: int = WINDOW) -> Iterator[bytes]:
     """Yield the chunks of ``stream`` in order; an empty stream yields nothing."""
-    window = max(window, 2 * MAX_SIZE)  # so a full window always holds a final chunk
-    carry = b""
-    while True:
-        fresh = stream.read(window - len(carry))
-        buf = carry + fresh if carry else fresh
-        eof = len(buf) < window
-        if not buf:
+    window = max(window, MAX_SIZE)
+    buf = bytearray(window)
+    filled = 0
+    eof = False
+    while not eof:
+        with memoryview(buf) as whole:
+            while filled < window:  # fill the window (short reads are fine)
+                n = stream.readinto(whole[filled:])  # type: ignore[attr-defined]
+                if not n:
+                    eof = True
+                    break
+                filled += n
+        if filled == 0:
             return
-        view = memoryview(buf)
-        last_start = 0
-        cuts = list(_cut_points(view))
-        for i, (off, length) in enumerate(cuts):
-            if not eof and i == len(cuts) - 1:
-                last_start = off
-                break
-            yield bytes(view[off:off + length])
-        else:
-            return
-        carry = bytes(view[last_start:])
+        with memoryview(buf)[:filled] as view:
+            cuts = [(c.offset, c.length) for c in
+                    _fastcdc(view, min_size=MIN_SIZE, avg_size=AVG_SIZE, max_size=MAX_SIZE)]
+            if not eof and cuts[-1][1] < MAX_SIZE:
+                keep = cuts.pop()  # may end at the window edge, not at a content boundary
+            else:
+                keep = (filled, 0)
+            for off, length in cuts:
+                yield bytes(view[off:off + length])
+        rest = filled - keep[0]
+        buf[:rest] = buf[keep[0]:filled]  # carry the unfinished chunk to the front
+        filled = rest

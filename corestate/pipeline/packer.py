@@ -22,7 +22,7 @@ from corestate.repository.pack import (TARGET_PACK_SIZE, BlobType, PackBuilder, 
 from corestate.repository.repository import Repository
 
 _local = threading.local()
-WRITE_QUEUE = 2
+WRITE_QUEUE = 1
 
 
 def _compressor() -> zstandard.ZstdCompressor:

@@ -110,7 +110,7 @@ class PackBuilder:
 
     def __init__(self, btype: BlobType) -> None:
         self.type = btype
-        self._parts: list[bytes] = []
+        self._data = bytearray()  # one growing buffer: finishing adds no copy of the pack
         self.entries: list[PackedBlob] = []
         self.size = 0
 
@@ -118,13 +118,13 @@ class PackBuilder:
         assert blob.type == self.type
         self.entries.append(PackedBlob(blob.id, blob.type, self.size, len(blob.data),
                                        blob.uncompressed_length))
-        self._parts.append(blob.data)
+        self._data += blob.data
         self.size += len(blob.data)
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def finish(self, key: Key) -> tuple[str, bytes, list[PackedBlob]]:
+    def finish(self, key: Key) -> tuple[str, bytearray, list[PackedBlob]]:
         """The pack's id, its bytes and its entries."""
         header = bytearray()
         for e in self.entries:
@@ -134,10 +134,9 @@ class PackBuilder:
                 header += struct.pack("<BI", _PLAIN_TYPE[e.type], e.length)
             header += e.id
         enc_header = key.encrypt(bytes(header))
-        self._parts.append(enc_header)
-        self._parts.append(struct.pack("<I", len(enc_header)))
-        data = b"".join(self._parts)
-        self._parts = []
+        data, self._data = self._data, bytearray()
+        data += enc_header
+        data += struct.pack("<I", len(enc_header))
         return hashlib.sha256(data).hexdigest(), data, self.entries
 
 

@@ -156,9 +156,9 @@ class Repository:
                 tail = self.backend.read(Kind.DATA, pack_id, size - hlen - 4, hlen + 4)
         return parse_header(self.key, pack_id, tail, size)
 
-    def add_pack(self, pack_id: str, data: bytes, entries: list[PackedBlob]) -> None:
+    def add_pack(self, pack_id: str, data: bytes | bytearray, entries: list[PackedBlob]) -> None:
         """Store a finished pack; its index entry is written by :meth:`flush_index`."""
-        self.backend.write(Kind.DATA, pack_id, data)
+        self.backend.write(Kind.DATA, pack_id, data)  # type: ignore[arg-type]  # bytes-like
         with self._lock:
             self.index.add_pack(pack_id, entries)
             self._pending[pack_id] = entries
