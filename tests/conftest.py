@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -71,6 +72,9 @@ def build_rich_tree(root: Path) -> Path:
     os.symlink("loop", src / "loop")  # a symlink loop
     os.link(src / "docs" / "a.txt", src / "hardlink")
     os.mkfifo(src / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "socket"))  # restic leaves sockets out; so must we
+    sock.close()
     os.mknod(src / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
     nonutf8 = os.fsencode(str(src)) + b"/caf\xe9-\xff.txt"
     with open(nonutf8, "wb") as f:
@@ -117,6 +121,8 @@ def tree_manifest(root: Path, with_atime: bool = False) -> dict[bytes, tuple[obj
             path = os.path.join(dirpath, name)
             rel = os.path.relpath(path, base)
             st = os.lstat(path)
+            if stat.S_ISSOCK(st.st_mode):
+                continue  # not backed up (as restic)
             kind = stat.S_IFMT(st.st_mode)
             extra: object = None
             if stat.S_ISREG(st.st_mode):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from corestate.errors import CoreStateError, IntegrityError, NotFoundError
 from corestate.maintenance import ProgressFn, no_progress
+from corestate.maintenance.listing import json_text
 from corestate.repository.backend import Kind
 from corestate.repository.crypto import OVERHEAD
 from corestate.repository.index import index_from_json
@@ -59,8 +60,8 @@ class Problem:
     def to_json(self) -> dict[str, object]:
         return {"kind": self.kind, "message": self.message, "pack": self.pack,
                 "blobs": [b.hex() for b in self.blobs], "snapshot": self.snapshot,
-                "path": None if self.path is None else self.path.decode("utf-8", "surrogateescape"),
-                "users": [{"snapshot": s, "path": p.decode("utf-8", "surrogateescape")}
+                "path": None if self.path is None else json_text(self.path),
+                "users": [{"snapshot": s, "path": json_text(p)}
                           for s, p in self.users]}
 
 
@@ -199,7 +200,7 @@ def _check_snapshots(repo: Repository, report: CheckReport, progress: ProgressFn
 
 
 def _show(path: bytes) -> str:
-    return path.decode("utf-8", "surrogateescape")
+    return path.decode("utf-8", "backslashreplace")  # messages go to JSON too
 
 
 def read_pack(repo: Repository, pack_id: str, entries: list[PackedBlob]) -> tuple[list[Problem], int]:

@@ -249,6 +249,8 @@ class _Run:
                 self._error(full, exc)
                 continue
             old_child = old_children.get(name)
+            if stat.S_ISSOCK(st.st_mode):
+                continue  # restic records no sockets: they cannot be restored meaningfully
             if stat.S_ISDIR(st.st_mode):
                 children.append(self._walk_dir(full, child, old_child,
                                                None if only is None else only[name]))
