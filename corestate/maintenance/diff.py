@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Union
 
 from pyroaring import BitMap
 
@@ -90,6 +91,10 @@ class DiffResult:
                 "removed": side(self.removed, self.blobs_removed)}
 
 
+_Step = Union[Change, Iterator["_Step"]]
+"""What a tree level yields: a change, or the level below to walk next."""
+
+
 def _join(prefix: bytes, name: bytes) -> bytes:
     return prefix.rstrip(b"/") + b"/" + name
 
@@ -119,7 +124,7 @@ def tree_changes(repo: Repository, result: DiffResult, tree1: bytes, tree2: byte
                  metadata: bool = False) -> Iterator[Change]:
     """The changes between two trees, in restic's order (depth first, by name)."""
     # An explicit stack of generators: trees can nest deeper than the recursion limit.
-    stack = [_level(repo, result, b"/", tree1, tree2, metadata)]
+    stack: list[Iterator[_Step]] = [_level(repo, result, b"/", tree1, tree2, metadata)]
     while stack:
         item = next(stack[-1], None)
         if item is None:
@@ -131,7 +136,7 @@ def tree_changes(repo: Repository, result: DiffResult, tree1: bytes, tree2: byte
 
 
 def _level(repo: Repository, result: DiffResult, prefix: bytes, tree1: bytes, tree2: bytes,
-           metadata: bool) -> Iterator[Change | Iterator[object]]:
+           metadata: bool) -> Iterator[_Step]:
     nodes1 = {n.name: n for n in repo.load_tree(tree1)}
     nodes2 = {n.name: n for n in repo.load_tree(tree2)}
     for name in sorted(nodes1.keys() | nodes2.keys()):
@@ -148,7 +153,7 @@ def _level(repo: Repository, result: DiffResult, prefix: bytes, tree1: bytes, tr
                 yield Change(_label(path, b), mod)
             if (a.type == "dir" and b.type == "dir" and a.subtree is not None
                     and b.subtree is not None and a.subtree != b.subtree):
-                yield _level(repo, result, path, a.subtree, b.subtree, metadata)  # type: ignore[misc]
+                yield _level(repo, result, path, a.subtree, b.subtree, metadata)
         elif a is not None:
             yield from _whole(repo, "-", path, a, result.removed)
         elif b is not None:

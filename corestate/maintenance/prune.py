@@ -158,8 +158,11 @@ def _decide(packs: dict[str, PackInfo], opts: PruneOptions) -> None:
             info.action = "keep"
             if info.size < opts.small_pack:
                 small.setdefault(info.type, []).append(info)
-    for group in small.values():
-        if len(group) >= 2:
+    # Combine small packs when that makes fewer packs: two or more of a type, or one
+    # that can join a new pack of its type written anyway.
+    for btype, group in small.items():
+        writing = any(p.action == "repack" and p.type == btype for p in packs.values())
+        if len(group) + writing >= 2:
             for info in group:
                 info.action = "repack"
 
@@ -206,7 +209,7 @@ def _repack(repo: Repository, packs: dict[str, PackInfo], opts: PruneOptions,
 
     def finish(builder: PackBuilder) -> None:
         pack_id, data, entries = builder.finish(repo.key)
-        repo.backend.write(Kind.DATA, pack_id, data)
+        repo.backend.write(Kind.DATA, pack_id, bytes(data))
         written[pack_id] = list(entries)
         report.bytes_written += len(data)
 
@@ -233,7 +236,6 @@ def _repack(repo: Repository, packs: dict[str, PackInfo], opts: PruneOptions,
             e, stored = good
             builder = builders.setdefault(e.type, PackBuilder(e.type))
             builder.add(SealedBlob(e.id, e.type, bytes(stored), e.uncompressed_length))
-            report.blobs_repacked += 1
             if builder.size >= opts.target_pack_size:
                 finish(builders.pop(e.type))
     for builder in builders.values():
@@ -283,6 +285,40 @@ def _remove_orphan_bitmaps(repo: Repository, snapshot_ids: set[str]) -> int:
     return removed
 
 
+def _rewrite(repo: Repository, packs: dict[str, PackInfo], kept: dict[str, list[PackedBlob]],
+             used: set[bytes], opts: PruneOptions, report: PruneReport,
+             progress: ProgressFn) -> None:
+    """Steps 3 to 7 of the module doc: repack, verify, index, delete."""
+    new_packs = _repack(repo, packs, opts, report, progress)
+    report.packs_written = sorted(new_packs)
+    final = {**kept, **new_packs}
+    listed = {e.id for entries in final.values() for e in entries}
+    if used - listed:
+        raise PruneAborted(f"{len(used - listed)} used blobs would not be indexed after prune; "
+                           "nothing was deleted")
+    old_index = sorted(repo.index.files)
+    progress("index", 0, 1)
+    new_index = _write_index(repo, final, old_index)
+    report.index_files_written = len(new_index)
+    for name in old_index:
+        if name not in new_index:
+            with contextlib.suppress(NotFoundError):
+                repo.backend.delete(Kind.INDEX, name)
+            report.index_files_removed += 1
+    progress("index", 1, 1)
+    doomed = report.packs_deleted + report.packs_repacked
+    for done, pack_id in enumerate(doomed):
+        progress("delete packs", done, len(doomed))
+        with contextlib.suppress(NotFoundError):
+            repo.backend.delete(Kind.DATA, pack_id)
+    progress("delete packs", len(doomed), len(doomed))
+    fresh = MasterIndex()
+    for pack_id, entries in final.items():
+        fresh.add_pack(pack_id, entries)
+    fresh.files.update(new_index)
+    repo.index = fresh
+
+
 def prune(repo: Repository, opts: PruneOptions | None = None, progress: ProgressFn = no_progress,
           lock: bool = True) -> PruneReport:
     """Prune ``repo`` (see the module doc). With ``lock=False`` the caller must already
@@ -316,6 +352,7 @@ def _prune(repo: Repository, opts: PruneOptions, progress: ProgressFn) -> PruneR
     report.packs_kept = len(kept)
     report.packs_deleted = sorted(p.id for p in packs.values() if p.action == "delete")
     report.packs_repacked = sorted(p.id for p in packs.values() if p.action == "repack")
+    report.blobs_repacked = sum(len(p.keepers) for p in packs.values() if p.action == "repack")
     report.blobs_removed = sum(len(p.entries) for p in packs.values()
                                if p.action in ("delete", "repack")) - sum(
         len(p.keepers) for p in packs.values() if p.action == "repack")
@@ -324,36 +361,9 @@ def _prune(repo: Repository, opts: PruneOptions, progress: ProgressFn) -> PruneR
         report.bytes_after = sum(p.size for p in packs.values() if p.action == "keep") + moved
         return report
 
-    new_packs = _repack(repo, packs, opts, report, progress)
-    report.packs_written = sorted(new_packs)
-    final = {**kept, **new_packs}
-    listed = {e.id for entries in final.values() for e in entries}
-    if used - listed:
-        raise PruneAborted(f"{len(used - listed)} used blobs would not be indexed after prune; "
-                           "nothing was deleted")
-    old_index = sorted(repo.index.files)
-    progress("index", 0, 1)
-    new_index = _write_index(repo, final, old_index)
-    report.index_files_written = len(new_index)
-    for name in old_index:
-        if name not in new_index:
-            with contextlib.suppress(NotFoundError):
-                repo.backend.delete(Kind.INDEX, name)
-            report.index_files_removed += 1
-    progress("index", 1, 1)
-    doomed = report.packs_deleted + report.packs_repacked
-    for done, pack_id in enumerate(doomed):
-        progress("delete packs", done, len(doomed))
-        with contextlib.suppress(NotFoundError):
-            repo.backend.delete(Kind.DATA, pack_id)
-    progress("delete packs", len(doomed), len(doomed))
+    if any(p.action != "keep" or not p.indexed for p in packs.values()):
+        _rewrite(repo, packs, kept, used, opts, report, progress)
     report.temporaries_removed = _remove_temporaries(repo, opts.temporaries_older_than)
     report.bitmaps_removed = _remove_orphan_bitmaps(repo, {s.id for s in snaps})
     report.bytes_after = sum(f.size for f in repo.backend.list(Kind.DATA))
-
-    fresh = MasterIndex()
-    for pack_id, entries in final.items():
-        fresh.add_pack(pack_id, entries)
-    fresh.files.update(new_index)
-    repo.index = fresh
     return report

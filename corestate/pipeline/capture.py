@@ -147,7 +147,7 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
 
 
 def read_consistently(path: bytes, consume: Callable[[Iterator[bytes]], None],
-                      chunker: Callable[[object], Iterator[bytes]]) -> ReadOutcome:
+                      chunker: Callable[..., Iterator[bytes]]) -> ReadOutcome:
     """Feed the chunks of ``path`` to ``consume``; repeat while the file changes underfoot.
 
     ``consume`` receives a fresh chunk iterator per attempt and must start over each
@@ -164,7 +164,7 @@ def read_consistently(path: bytes, consume: Callable[[Iterator[bytes]], None],
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
                 raise OSError(f"{os.fsdecode(path)} is no longer a regular file")
-            consume(chunker(f))
+            consume(chunker(f, size_hint=before.st_size))
             after = os.fstat(fd)
         if _same(before, after):
             return ReadOutcome(after, attempt, True)

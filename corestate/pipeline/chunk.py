@@ -18,6 +18,8 @@ maximum chunk size) whatever the file's size.
 (True, True)
 >>> [len(c) for c in chunk_stream(io.BytesIO(data), window=1)] == [len(c) for c in chunks]
 True
+>>> [len(c) for c in chunk_stream(io.BytesIO(data), size_hint=10)] == [len(c) for c in chunks]
+True
 >>> [len(c) for c in chunk_stream(io.BytesIO(bytes(20_000_000)))]
 [8388608, 8388608, 3222784]
 """
@@ -35,20 +37,28 @@ MAX_SIZE = 8 * 1024 * 1024
 WINDOW = 8 * 1024 * 1024
 
 
-def chunk_stream(stream: BinaryIO, window: int = WINDOW) -> Iterator[bytes]:
-    """Yield the chunks of ``stream`` in order; an empty stream yields nothing."""
+def chunk_stream(stream: BinaryIO, window: int = WINDOW, size_hint: int | None = None
+                 ) -> Iterator[bytes]:
+    """Yield the chunks of ``stream`` in order; an empty stream yields nothing.
+
+    ``size_hint`` (the file's size) only sizes the first buffer: small files do not
+    get a whole window; a file that grows past the hint gets the full window."""
     window = max(window, MAX_SIZE)
-    buf = bytearray(window)
+    buf = bytearray(window if size_hint is None else min(window, size_hint + 1))
     filled = 0
     eof = False
     while not eof:
-        with memoryview(buf) as whole:
-            while filled < window:  # fill the window (short reads are fine)
-                n = stream.readinto(whole[filled:])  # type: ignore[attr-defined]
-                if not n:
-                    eof = True
+        while True:  # fill the window (short reads are fine)
+            if filled == len(buf):
+                if len(buf) >= window:
                     break
-                filled += n
+                buf.extend(bytes(window - len(buf)))
+            with memoryview(buf) as whole:
+                n = stream.readinto(whole[filled:])  # type: ignore[attr-defined]
+            if not n:
+                eof = True
+                break
+            filled += n
         if filled == 0:
             return
         with memoryview(buf)[:filled] as view:

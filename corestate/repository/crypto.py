@@ -70,9 +70,18 @@ class Key:
         iv = os.urandom(IV_SIZE)
         while iv == bytes(IV_SIZE):  # restic rejects an all-zero IV
             iv = os.urandom(IV_SIZE)
+        n = len(plaintext)
+        # One buffer for IV || ciphertext || tag: no intermediate copies of the blob.
+        out = bytearray(IV_SIZE + n + TAG_SIZE + 15)  # update_into wants block-size slack
+        out[:IV_SIZE] = iv
+        view = memoryview(out)
         enc = Cipher(algorithms.AES(self.encrypt_key), modes.CTR(iv)).encryptor()
-        ct = enc.update(plaintext) + enc.finalize()
-        return iv + ct + self._tag(iv, ct)
+        enc.update_into(plaintext, view[IV_SIZE:IV_SIZE + n + 15])
+        enc.finalize()
+        out[IV_SIZE + n:IV_SIZE + n + TAG_SIZE] = self._tag(iv, view[IV_SIZE:IV_SIZE + n])
+        view.release()
+        del out[IV_SIZE + n + TAG_SIZE:]
+        return bytes(out) if n < 4096 else out  # type: ignore[return-value]  # bytes-like
 
     def decrypt(self, data: bytes | memoryview, what: str = "data") -> bytes:
         """Verify the tag and decrypt; :class:`IntegrityError` naming ``what`` otherwise."""

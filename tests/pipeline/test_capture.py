@@ -15,7 +15,7 @@ def _collect(path, mutate_times):
     seen = []
     reads = [0]
 
-    def chunker(f):
+    def chunker(f, size_hint=None):
         reads[0] += 1
         data = f.read()
         if reads[0] <= mutate_times:
