@@ -88,6 +88,7 @@ class Stats:
 def restore_size(repo: Repository, snaps: Iterable[Snapshot],
                  progress: ProgressFn = no_progress) -> tuple[int, int]:
     """``(total size, node count)`` of restoring ``snaps`` (see the module doc)."""
+    repo.load_index()
     snaps = list(snaps)
     size = count = 0
     for done, snap in enumerate(snaps):

@@ -159,46 +159,50 @@ class _Run:
         with self._stats_lock:
             self.summary.errors.append((os.fsdecode(path), msg))
 
+    def _unchanged(self, old: Node) -> Node:
+        """An unchanged file keeps its parent-snapshot node whole (content, and the
+        stored JSON, so its tree need not be re-encoded)."""
+        self._reference(old.content or [])
+        with self._stats_lock:
+            self.summary.files_unmodified += 1
+            self.summary.total_files_processed += 1
+            self.summary.total_bytes_processed += old.size
+        return old
+
     def _file(self, path: bytes, node: Node, old: Node | None) -> Node | None:
-        st_size = node.size
-        if old is not None and not self.opts.force and unchanged(old, node):
-            node.content = list(old.content or [])
-            with self._stats_lock:
-                self.summary.files_unmodified += 1
-        else:
-            ids: list[bytes] = []
+        """Read, chunk and store a new or changed file; None if it cannot be read."""
+        ids: list[bytes] = []
 
-            def consume(chunks: Iterator[bytes]) -> None:
-                ids.clear()
-                for chunk in chunks:
-                    bid = hashlib.sha256(chunk).digest()
-                    ids.append(bid)
-                    if self.dedup.claim(bid):
-                        with self._stats_lock:
-                            self.summary.data_blobs += 1
-                            self.summary.data_added += len(chunk)
-                        self._store(bid, BlobType.DATA, chunk)
+        def consume(chunks: Iterator[bytes]) -> None:
+            ids.clear()
+            for chunk in chunks:
+                bid = hashlib.sha256(chunk).digest()
+                ids.append(bid)
+                if self.dedup.claim(bid):
+                    with self._stats_lock:
+                        self.summary.data_blobs += 1
+                        self.summary.data_added += len(chunk)
+                    self._store(bid, BlobType.DATA, chunk)
 
-            try:
-                outcome = read_consistently(path, consume, chunk_stream)  # type: ignore[arg-type]
-            except OSError as exc:
-                self._error(path, exc)
-                return None
-            st = outcome.st
-            node.content = ids
-            node.size, node.mtime, node.ctime = st.st_size, st.st_mtime_ns, st.st_ctime_ns
-            st_size = st.st_size
-            with self._stats_lock:
-                if not outcome.consistent:
-                    self.summary.inconsistent.append(os.fsdecode(path))
-                if old is None:
-                    self.summary.files_new += 1
-                else:
-                    self.summary.files_changed += 1
+        try:
+            outcome = read_consistently(path, consume, chunk_stream)  # type: ignore[arg-type]
+        except OSError as exc:
+            self._error(path, exc)
+            return None
+        st = outcome.st
+        node.content = ids
+        node.size, node.mtime, node.ctime = st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        with self._stats_lock:
+            if not outcome.consistent:
+                self.summary.inconsistent.append(os.fsdecode(path))
+            if old is None:
+                self.summary.files_new += 1
+            else:
+                self.summary.files_changed += 1
         self._reference(node.content)
         with self._stats_lock:
             self.summary.total_files_processed += 1
-            self.summary.total_bytes_processed += st_size
+            self.summary.total_bytes_processed += node.size
         return node
 
     def _submit_file(self, path: bytes, node: Node, old: Node | None) -> Future[Node | None]:
@@ -255,7 +259,10 @@ class _Run:
                 children.append(self._walk_dir(full, child, old_child,
                                                None if only is None else only[name]))
             elif stat.S_ISREG(st.st_mode):
-                children.append(self._submit_file(full, child, old_child))  # type: ignore[arg-type]
+                if old_child is not None and not self.opts.force and unchanged(old_child, child):
+                    children.append(self._unchanged(old_child))
+                else:
+                    children.append(self._submit_file(full, child, old_child))  # type: ignore[arg-type]
             else:
                 children.append(child)
         done: Future[Node] = Future()

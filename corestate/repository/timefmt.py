@@ -12,51 +12,60 @@ Python's ``datetime`` has only microseconds.
 1700000000500000000
 >>> parse_time('2023-11-14T22:13:20Z')
 1700000000000000000
+>>> parse_time('1969-12-31T23:59:59.5Z'), parse_time('2000-02-29T00:00:00-05:30')
+(-500000000, 951802200000000000)
+>>> parse_time(format_time(1_234_567_890_000_000_001)) == 1_234_567_890_000_000_001
+True
 """
 
 from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timedelta, timezone
 
 _NS = 1_000_000_000
 _RFC3339 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|z|[+-]\d\d:\d\d)$")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def now_ns() -> int:
     return time.time_ns()
 
 
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm)."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
 def format_time(ns: int, utc: bool = False) -> str:
     """RFC 3339 with 9 fractional digits, in local time (or UTC)."""
     sec, frac = divmod(ns, _NS)
     if utc:
-        dt = datetime.fromtimestamp(sec, timezone.utc)
+        tm = time.gmtime(sec)
         suffix = "Z"
     else:
-        dt = datetime.fromtimestamp(sec).astimezone()
-        off = dt.utcoffset() or timedelta(0)
-        mins = int(off.total_seconds()) // 60
+        tm = time.localtime(sec)
+        mins = tm.tm_gmtoff // 60
         sign = "+" if mins >= 0 else "-"
         suffix = "Z" if mins == 0 else f"{sign}{abs(mins) // 60:02d}:{abs(mins) % 60:02d}"
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}" + suffix
+    return (f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T{tm.tm_hour:02d}:"
+            f"{tm.tm_min:02d}:{tm.tm_sec:02d}.{frac:09d}{suffix}")
 
 
 def parse_time(text: str) -> int:
     """Nanoseconds since the epoch from an RFC 3339 timestamp (any fraction length)."""
-    m = _RFC3339.match(text.strip())
+    m = _RFC3339.match(text)
     if not m:
         raise ValueError(f"not an RFC 3339 time: {text!r}")
     y, mo, d, h, mi, s, frac, tz = m.groups()
-    if tz in ("Z", "z"):
-        tzinfo = timezone.utc
-    else:
-        sign = 1 if tz[0] == "+" else -1
-        tzinfo = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
-    dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=tzinfo)
-    delta = dt - _EPOCH
-    whole = (delta.days * 86400 + delta.seconds) * _NS
-    return whole + (int((frac or "0").ljust(9, "0")[:9]))
+    secs = (_days_from_civil(int(y), int(mo), int(d)) * 86400
+            + int(h) * 3600 + int(mi) * 60 + int(s))
+    if tz not in ("Z", "z"):
+        off = int(tz[1:3]) * 3600 + int(tz[4:6]) * 60
+        secs -= off if tz[0] == "+" else -off
+    return secs * _NS + (int(frac[:9].ljust(9, "0")) if frac else 0)

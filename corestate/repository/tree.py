@@ -172,8 +172,14 @@ class Node:
     subtree: bytes | None = None
     xattrs: list[tuple[str, bytes]] = field(default_factory=list)
     error: str = ""
+    # A node loaded from a tree keeps the JSON it was stored with and serialises back to
+    # exactly it (an unchanged file costs no re-encoding and yields an identical tree).
+    # Code that modifies a loaded node must set this to None.
+    stored_json: dict[str, object] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, object]:
+        if self.stored_json is not None:
+            return self.stored_json
         d: dict[str, object] = {"name": quote_name(self.name), "type": self.type}
         if self.mode:
             d["mode"] = self.mode
@@ -231,7 +237,7 @@ class Node:
             linktarget=link, device=int(d.get("device") or 0),  # type: ignore[call-overload]
             content=[bytes.fromhex(c) for c in content] if isinstance(content, list) else None,
             subtree=bytes.fromhex(subtree) if isinstance(subtree, str) else None,
-            xattrs=xattrs, error=str(d.get("error") or ""),
+            xattrs=xattrs, error=str(d.get("error") or ""), stored_json=d,
         )
 
 
