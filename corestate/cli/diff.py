@@ -41,7 +41,7 @@ def diff(ctx: Context, first: str, second: str, metadata: bool) -> None:
         return
     ctx.info(f"comparing snapshot {source.short_id} to {target.short_id}:\n")
     for change in result.changes:
-        echo_raw(ctx, f"{change.modifier:<5}{show(change.path)}")
+        echo_raw(f"{change.modifier:<5}{show(change.path)}")
     a, r = result.added, result.removed
     ba, br = result.blobs_added, result.blobs_removed
     ctx.info("")

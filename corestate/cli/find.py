@@ -45,6 +45,6 @@ def find(ctx: Context, patterns: tuple[str, ...], snapshot_refs: tuple[str, ...]
     count = 0
     for m in matches:
         count += 1
-        echo_raw(ctx, f"{m.snapshot.short_id}  {m.node.size:>12}  {local_time(m.node.mtime)}  "
+        echo_raw(f"{m.snapshot.short_id}  {m.node.size:>12}  {local_time(m.node.mtime)}  "
                       f"{show(m.path)}{'/' if m.node.type == 'dir' else ''}")
     ctx.info(f"{count} matches in {len(snaps)} snapshots")

@@ -17,10 +17,9 @@ from corestate.maintenance.listing import local_time, long_line, node_json, show
 from corestate.repository.walk import find_node, walk
 
 
-def echo_raw(ctx: Context, text: str) -> None:
-    """Print one line to stdout, surrogate-escaped bytes restored (skipped under --quiet)."""
-    if ctx.quiet:
-        return
+def echo_raw(text: str) -> None:
+    """Print one line of a command's result to stdout, surrogate-escaped bytes restored
+    (results are printed under --quiet too, as restic does)."""
     sys.stdout.flush()
     sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape") + b"\n")
     sys.stdout.buffer.flush()
@@ -73,4 +72,4 @@ def ls(ctx: Context, snapshot_ref: str, path: str | None, long_: bool, recursive
         if ctx.json:
             ctx.emit(node_json(node_path, node))
         else:
-            echo_raw(ctx, long_line(node_path, node) if long_ else show(node_path))
+            echo_raw(long_line(node_path, node) if long_ else show(node_path))

@@ -47,6 +47,9 @@ from corestate.repository.timefmt import now_ns
 from corestate.repository.tree import Node, encode_tree
 
 
+INLINE_SEAL = 256 * 1024
+
+
 @dataclass
 class BackupOptions:
     paths: list[str]
@@ -128,7 +131,11 @@ class _Run:
             self.bitmap.update(ords)
 
     def _store(self, blob_id: bytes, btype: BlobType, plaintext: bytes) -> None:
-        """Seal and pack a new blob on the sealer pool (bounded)."""
+        """Seal and pack a new blob: small ones right here (a hand-off would cost more
+        than the work), others on the sealer pool (bounded)."""
+        if len(plaintext) < INLINE_SEAL:
+            self.packer.add_plain(blob_id, btype, plaintext)
+            return
         self._chunks_in_flight.acquire()
         with self._seals_done:
             self._pending_seals += 1
