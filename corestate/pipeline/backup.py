@@ -192,7 +192,7 @@ class _Run:
                     self._store(bid, BlobType.DATA, chunk)
 
         try:
-            outcome = read_consistently(path, consume, chunk_stream)  # type: ignore[arg-type]
+            outcome = read_consistently(path, consume, chunk_stream)
         except OSError as exc:
             self._error(path, exc)
             return None

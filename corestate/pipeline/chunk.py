@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from fastcdc import fastcdc as _fastcdc  # the Cython build; pure Python is far slower
+from fastcdc import fastcdc as _fastcdc  # type: ignore[import-untyped]  # Cython build
 
 MIN_SIZE = 512 * 1024
 AVG_SIZE = 1024 * 1024

@@ -70,7 +70,7 @@ class MasterIndex:
             return []
         return [first, *self._dupes.get(blob_id, [])]
 
-    def __contains__(self, blob_id: bytes) -> bool:
+    def __contains__(self, blob_id: object) -> bool:
         return blob_id in self._by_id
 
     def __len__(self) -> int:
@@ -105,6 +105,7 @@ def index_to_json(packs: dict[str, list[PackedBlob]], supersedes: Iterable[str] 
 def index_from_json(doc: object) -> tuple[dict[str, list[PackedBlob]], list[str]]:
     """Packs and superseded index ids from an index file's JSON (also restic's legacy
     format, a bare list of packs)."""
+    sup: list[str]
     if isinstance(doc, list):
         packs_doc, sup = doc, []
     else:
