@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-
-@pytest.mark.skipif(shutil.which("mypy") is None and sys.modules.get("mypy") is None,
-                    reason="mypy is installed by deploy/install.sh --dev")
 def test_mypy_strict():
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-m", "mypy"], cwd=root, capture_output=True, text=True)
