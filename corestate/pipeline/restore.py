@@ -55,6 +55,7 @@ from corestate.repository.walk import walk
 Progress = Callable[[int, int], None]
 PROGRESS_INTERVAL = 0.25  # seconds between progress calls
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _NO_XATTR_SUPPORT = {errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
@@ -147,6 +148,7 @@ class _Dir:
     selected: bool
     enter: bool = True
     created: bool = False
+    fresh: bool = False  # made by this restore, so it started empty
     failed: bool = False
 
 
@@ -160,6 +162,9 @@ class _Restorer:
         self.workers = max(1, workers)
         self.result = RestoreResult()
         self.is_root = os.geteuid() == 0
+        self._creds = (os.geteuid(), os.getegid())
+        self._umask = os.umask(0o022)  # read it (there is no getter) ...
+        os.umask(self._umask)  # ... and put it back
         self._lock = threading.Lock()
         self._last_progress = 0.0
         self._zero_blobs: dict[bytes, int] = {}  # blob id -> length, for zero blobs
@@ -221,7 +226,8 @@ class _Restorer:
                     if self._is_later_link(dest, node):
                         continue
                     slots.acquire()
-                    pool.submit(self._restore_file, dest, node).add_done_callback(done)
+                    fresh = bool(self._stack) and self._stack[-1].fresh
+                    pool.submit(self._restore_file, dest, node, fresh).add_done_callback(done)
                 else:
                     self._restore_special(dest, node)
         if self._crashes:
@@ -251,6 +257,7 @@ class _Restorer:
                 self._clear(entry.dest, keep_dir=True)  # a symlink here must not be followed
                 if not os.path.lexists(entry.dest):
                     os.mkdir(entry.dest, 0o700)
+                    entry.fresh = True
             except OSError as exc:
                 entry.failed, entry.enter = True, False
                 self.error(entry.dest, _message("creating directory", exc))
@@ -321,11 +328,19 @@ class _Restorer:
             return
         self.advance(files=1)
 
-    def _restore_file(self, dest: bytes, node: Node) -> None:
-        """Write one regular file (in a pool thread); on failure delete what was written."""
+    def _restore_file(self, dest: bytes, node: Node, fresh: bool = False) -> None:
+        """Write one regular file (in a pool thread); on failure delete what was written.
+
+        In a directory this restore created (``fresh``) nothing can be in the way, so
+        the file is created exclusively with its final permission bits, and owner and
+        mode are only set when creating it did not already give them."""
+        mode = posix_mode(node.mode, node.type) & 0o7777
         try:
-            self._clear(dest)
-            fd = os.open(dest, _OPEN_FLAGS, 0o600)
+            if fresh:
+                fd = os.open(dest, _NEW_FLAGS, mode & 0o777)
+            else:
+                self._clear(dest)
+                fd = os.open(dest, _OPEN_FLAGS, 0o600)
         except OSError as exc:
             self._failed.add(dest)
             self.error(dest, _message("creating file", exc))
@@ -333,13 +348,17 @@ class _Restorer:
         message = ""
         try:
             try:
-                os.ftruncate(fd, self._write_content(fd, node))
+                size, written = self._write_content(fd, node)
+                if written != size or not fresh:  # a trailing hole, or an old longer file
+                    os.ftruncate(fd, size)
             except (IntegrityError, NotFoundError) as exc:
                 message = exc.message
             except OSError as exc:
                 message = _message("writing", exc)
             if not message:
-                self._set_metadata(dest, node, fd)
+                owner_ok = fresh and (node.uid, node.gid) == self._creds
+                mode_ok = fresh and mode == mode & 0o777 & ~self._umask
+                self._set_metadata(dest, node, fd, owner_ok, mode_ok)
         finally:
             os.close(fd)
         if message:
@@ -352,9 +371,11 @@ class _Restorer:
         else:
             self.advance(files=1)
 
-    def _write_content(self, fd: int, node: Node) -> int:
-        """Write the file's blobs at their offsets, skipping zero blobs; its size."""
+    def _write_content(self, fd: int, node: Node) -> tuple[int, int]:
+        """Write the file's blobs at their offsets, skipping zero blobs; returns its size
+        and the end of the last bytes actually written."""
         pos = 0
+        written = 0
         for blob_id in node.content or []:
             length = self._zero_blobs.get(blob_id)
             if length is None:
@@ -369,26 +390,30 @@ class _Restorer:
                     while done < length:
                         done += os.pwrite(fd, view[done:], pos + done)
                     del view
+                    written = pos + length
                 del data  # one blob per worker in memory
             pos += length
             self.advance(nbytes=length)
-        return pos
+        return pos, written
 
     # -- metadata ---------------------------------------------------------------------------
-    def _set_metadata(self, dest: bytes, node: Node, fd: int | None = None) -> None:
+    def _set_metadata(self, dest: bytes, node: Node, fd: int | None = None,
+                      owner_ok: bool = False, mode_ok: bool = False) -> None:
         """Owner, mode, xattrs and times, in that order (chown clears setuid bits and
         setting xattrs must not move the times). Failures are reported, the node kept."""
         is_link = node.type == "symlink"
         try:
             try:
-                if fd is not None:
+                if owner_ok:
+                    pass
+                elif fd is not None:
                     os.fchown(fd, node.uid, node.gid)
                 else:
                     os.chown(dest, node.uid, node.gid, follow_symlinks=False)
             except PermissionError:
                 if self.is_root:
                     raise
-            if not is_link:
+            if not is_link and not mode_ok:
                 mode = posix_mode(node.mode, node.type) & 0o7777
                 if fd is not None:
                     os.fchmod(fd, mode)
