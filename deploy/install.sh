@@ -10,6 +10,7 @@ if [[ "${1:-}" == "--dev" ]]; then
   command -v restic >/dev/null || need_apt+=(restic)
   command -v borg >/dev/null || need_apt+=(borgbackup)
   command -v setpriv >/dev/null || need_apt+=(util-linux)
+  command -v mkfs.xfs >/dev/null || need_apt+=(xfsprogs)  # reflink tests on a loop-mounted XFS
 fi
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi

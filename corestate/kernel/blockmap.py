@@ -84,7 +84,8 @@ class BlockMap:
             self.dev, self.ino, self.size, self.mtime_ns)
 
     def to_bytes(self) -> bytes:
-        """The versioned, checksummed binary form (32 + 8 bytes per block + 24)."""
+        """The versioned, checksummed binary form: 56-byte header, 8 bytes per block,
+        8-byte xxh3-64 of all before it."""
         body = array.array("Q", self.digests)
         if sys.byteorder == "big":
             body.byteswap()

@@ -85,7 +85,7 @@ def snapshot_usage(repo: Repository, snaps: Iterable[Snapshot], table: dedup.Ord
             except (IntegrityError, NotFoundError) as exc:
                 raise IntegrityError(f"snapshot {snap.short_id}: cannot tell which blobs it "
                                      f"uses: {exc}") from exc
-            out.append(SnapshotUsage(snap, table.bitmap(blobs), True))
+            out.append(SnapshotUsage(snap, table.ordinals(blobs), True))
     progress("snapshots", len(snaps), len(snaps))
     recomputed = [u for u in out if u.recomputed]
     if store and recomputed:

@@ -60,6 +60,10 @@ class BackupOptions:
     force: bool = False  # read every file even if unchanged
     workers: int = 3
     time_ns: int | None = None
+    # Directories whose listing or direct entries changed since the parent snapshot
+    # (from a watcher). None: scan everything. Directories with no dirty directory at
+    # or below them are taken from the parent snapshot without being read.
+    dirty_dirs: frozenset[bytes] | None = None
 
 
 @dataclass
@@ -89,17 +93,33 @@ class BackupSummary:
 Progress = Callable[[BackupSummary, str], None]
 
 
+# A finished entry: its node and the ordinals of every blob it references (for a
+# directory, everything below it and its own tree; None when it references nothing).
+_Entry = tuple[Node, BitMap | None]
+_Child = _Entry | Future[_Entry | None]
+
+
 @dataclass
 class _DirJob:
-    """A directory whose node waits for its children's nodes."""
+    """A directory whose node waits for its children's entries."""
 
     node: Node
-    children: list[Node | Future[Node]]
-    done: Future[Node]
+    children: list[_Child]
+    done: Future[_Entry | None]
+
+
+@dataclass
+class BackupCache:
+    """What consecutive backups of the same paths (``corestate protect``) carry over:
+    the blob bitmap of every tree of the last snapshot, so an unchanged subtree is
+    reused without loading it."""
+
+    subtree_bitmaps: dict[bytes, BitMap] = field(default_factory=dict)
 
 
 class _Run:
-    def __init__(self, repo: Repository, opts: BackupOptions, progress: Progress | None) -> None:
+    def __init__(self, repo: Repository, opts: BackupOptions, progress: Progress | None,
+                 cache: BackupCache) -> None:
         self.repo = repo
         self.opts = opts
         self.progress = progress
@@ -109,8 +129,15 @@ class _Run:
         repo.load_index()
         self.table = dedupmod.load_table(repo)
         self.dedup = dedupmod.DedupIndex(repo.index, self.table, repo.index.blob_ids())
-        self.bitmap = BitMap()
-        self._bitmap_lock = threading.Lock()
+        self._old_bitmaps = cache.subtree_bitmaps
+        self.bitmaps: dict[bytes, BitMap] = {}  # tree id -> bitmap, for the next run
+        self.dirty_dirs = opts.dirty_dirs
+        self.dirty_prefixes: set[bytes] | None = None
+        if opts.dirty_dirs is not None:
+            self.dirty_prefixes = {b"/"}
+            for d in opts.dirty_dirs:
+                parts = d.rstrip(b"/").split(b"/")
+                self.dirty_prefixes.update(b"/".join(parts[:i]) for i in range(2, len(parts) + 1))
         self._stats_lock = threading.Lock()
         workers = max(1, opts.workers)
         self.files = ThreadPoolExecutor(workers, thread_name_prefix="file")
@@ -125,10 +152,20 @@ class _Run:
         self._repo_path = os.fsencode(os.path.realpath(repo.backend.location()))
 
     # -- blobs -------------------------------------------------------------------------
-    def _reference(self, ids: list[bytes]) -> None:
-        ords = [self.table.assign(b) for b in ids]
-        with self._bitmap_lock:
-            self.bitmap.update(ords)
+    def _subtree_bitmap(self, tree_id: bytes) -> BitMap:
+        """Ordinals of every blob below (and including) a stored tree: from the last
+        run's cache, else by loading the trees."""
+        bm = self.bitmaps.get(tree_id) or self._old_bitmaps.get(tree_id)
+        if bm is None:
+            parts = [self.table.ordinals([tree_id])]
+            for n in self.repo.load_tree(tree_id):
+                if n.type == "file" and n.content:
+                    parts.append(self.table.ordinals(n.content))
+                elif n.type == "dir" and n.subtree is not None:
+                    parts.append(self._subtree_bitmap(n.subtree))
+            bm = BitMap.union(*parts)
+        self.bitmaps[tree_id] = bm
+        return bm
 
     def _store(self, blob_id: bytes, btype: BlobType, plaintext: bytes) -> None:
         """Seal and pack a new blob: small ones right here (a hand-off would cost more
@@ -166,17 +203,24 @@ class _Run:
         with self._stats_lock:
             self.summary.errors.append((os.fsdecode(path), msg))
 
-    def _unchanged(self, old: Node) -> Node:
+    def _unchanged(self, old: Node) -> _Entry:
         """An unchanged file keeps its parent-snapshot node whole (content, and the
         stored JSON, so its tree need not be re-encoded)."""
-        self._reference(old.content or [])
         with self._stats_lock:
             self.summary.files_unmodified += 1
             self.summary.total_files_processed += 1
             self.summary.total_bytes_processed += old.size
-        return old
+        return old, self.table.ordinals(old.content) if old.content else None
 
-    def _file(self, path: bytes, node: Node, old: Node | None) -> Node | None:
+    def _reuse(self, old: Node) -> _Entry:
+        """An entry of a directory whose listing did not change, kept as it was."""
+        if old.type == "file":
+            return self._unchanged(old)
+        if old.type == "dir" and old.subtree is not None:
+            return old, self._subtree_bitmap(old.subtree)
+        return old, None
+
+    def _file(self, path: bytes, node: Node, old: Node | None) -> _Entry | None:
         """Read, chunk and store a new or changed file; None if it cannot be read."""
         ids: list[bytes] = []
 
@@ -206,16 +250,15 @@ class _Run:
                 self.summary.files_new += 1
             else:
                 self.summary.files_changed += 1
-        self._reference(node.content)
         with self._stats_lock:
             self.summary.total_files_processed += 1
             self.summary.total_bytes_processed += node.size
-        return node
+        return node, self.table.ordinals(ids) if ids else None
 
-    def _submit_file(self, path: bytes, node: Node, old: Node | None) -> Future[Node | None]:
+    def _submit_file(self, path: bytes, node: Node, old: Node | None) -> Future[_Entry | None]:
         self._files_in_flight.acquire()
 
-        def work() -> Node | None:
+        def work() -> _Entry | None:
             try:
                 return self._file(path, node, old)
             finally:
@@ -224,57 +267,86 @@ class _Run:
         return self.files.submit(work)
 
     # -- walking (walker thread) ------------------------------------------------------------
-    def _old_children(self, old: Node | None) -> dict[bytes, Node]:
+    def _old_children(self, old: Node | None) -> dict[bytes, Node] | None:
+        """The parent snapshot's entries of a directory; None if unknown or unreadable."""
         if old is None or old.type != "dir" or old.subtree is None:
-            return {}
+            return None
         try:
             return {n.name: n for n in self.repo.load_tree(old.subtree)}
         except CoreStateError:
-            return {}  # a damaged parent only costs re-reading
+            return None  # a damaged parent only costs re-reading
+
+    def _clean(self, path: bytes) -> bool:
+        """No dirty directory at or below ``path`` (always False without a dirty set)."""
+        return self.dirty_prefixes is not None and path not in self.dirty_prefixes
 
     def _walk_dir(self, path: bytes, node: Node, old: Node | None,
-                  only: dict[bytes, dict] | None) -> Future[Node]:  # type: ignore[type-arg]
+                  only: dict[bytes, dict] | None) -> Future[_Entry | None]:  # type: ignore[type-arg]
         """Queue jobs for a directory's entries, then the directory itself.
 
         ``only`` limits the entries to the given names (the virtual directories above
-        the backed-up paths), each with its own ``only`` (None = everything below)."""
+        the backed-up paths), each with its own ``only`` (None = everything below).
+        A directory on the way to a dirty one but not dirty itself has the same
+        listing as in the parent snapshot: only its entries on the dirty path are
+        looked at again."""
         old_children = self._old_children(old)
-        children: list[Node | Future[Node]] = []
-        if only is None:
-            try:
-                with os.scandir(path) as it:
-                    names = sorted(e.name for e in it)
-            except OSError as exc:
-                self._error(path, exc)
-                names = []
-        else:
-            names = sorted(only)
-        for name in names:
-            full = (path.rstrip(b"/") + b"/" + name)
-            if self.excludes.excluded(full) or full == self._repo_path:
-                continue
-            try:
-                st = os.lstat(full)
-                child = node_from_stat(name, full, st)
-            except OSError as exc:
-                self._error(full, exc)
-                continue
-            old_child = old_children.get(name)
-            if stat.S_ISSOCK(st.st_mode):
-                continue  # restic records no sockets: they cannot be restored meaningfully
-            if stat.S_ISDIR(st.st_mode):
-                children.append(self._walk_dir(full, child, old_child,
-                                               None if only is None else only[name]))
-            elif stat.S_ISREG(st.st_mode):
-                if old_child is not None and not self.opts.force and unchanged(old_child, child):
-                    children.append(self._unchanged(old_child))
+        children: list[_Child] = []
+        if only is None and self.dirty_dirs is not None and old is not None \
+                and path not in self.dirty_dirs and old_children is not None:
+            for name, old_child in sorted(old_children.items()):
+                full = path.rstrip(b"/") + b"/" + name
+                if full in self.dirty_prefixes:  # type: ignore[operator]
+                    entry = self._entry(full, name, old_child, None)
+                    if entry is not None:
+                        children.append(entry)
                 else:
-                    children.append(self._submit_file(full, child, old_child))  # type: ignore[arg-type]
+                    children.append(self._reuse(old_child))
+        else:
+            if only is None:
+                try:
+                    with os.scandir(path) as it:
+                        names = sorted(e.name for e in it)
+                except OSError as exc:
+                    self._error(path, exc)
+                    names = []
             else:
-                children.append(child)
-        done: Future[Node] = Future()
+                names = sorted(only)
+            for name in names:
+                full = path.rstrip(b"/") + b"/" + name
+                entry = self._entry(full, name, (old_children or {}).get(name),
+                                    None if only is None else only[name])
+                if entry is not None:
+                    children.append(entry)
+        done: Future[_Entry | None] = Future()
         self.jobs.put(_DirJob(node, children, done))
         return done
+
+    def _entry(self, full: bytes, name: bytes, old: Node | None,
+               only: dict[bytes, dict] | None) -> _Child | None:  # type: ignore[type-arg]
+        """The job (or finished entry) for one directory entry; None to leave it out."""
+        if self.excludes.excluded(full) or full == self._repo_path:
+            return None
+        try:
+            st = os.lstat(full)
+            child = node_from_stat(name, full, st)
+        except FileNotFoundError:
+            return None  # vanished since it was listed: it is simply not there any more
+        except OSError as exc:
+            self._error(full, exc)
+            return None
+        if stat.S_ISSOCK(st.st_mode):
+            return None  # restic records no sockets: they cannot be restored meaningfully
+        if stat.S_ISDIR(st.st_mode):
+            if only is None and self._clean(full) and old is not None \
+                    and old.type == "dir" and old.subtree is not None:
+                child.subtree = old.subtree  # fresh metadata, unchanged contents
+                return child, self._subtree_bitmap(old.subtree)
+            return self._walk_dir(full, child, old, only)
+        if stat.S_ISREG(st.st_mode):
+            if old is not None and not self.opts.force and unchanged(old, child):
+                return self._unchanged(old)
+            return self._submit_file(full, child, old)
+        return child, None
 
     def walk(self, roots: dict[bytes, dict], root_old: Node | None) -> None:  # type: ignore[type-arg]
         try:
@@ -286,8 +358,9 @@ class _Run:
             self.jobs.put(None)
 
     # -- directory assembly (calling thread) --------------------------------------------
-    def assemble(self) -> bytes:
-        root_tree = b""
+    def assemble(self) -> tuple[Node, BitMap]:
+        """Complete directory jobs in post-order; returns the root's entry."""
+        root: tuple[Node, BitMap] | None = None
         while True:
             job = self.jobs.get()
             if job is None:
@@ -295,26 +368,31 @@ class _Run:
             if isinstance(job, BaseException):
                 raise job
             nodes = []
+            bitmaps = []
             for child in job.children:
                 result = child.result() if isinstance(child, Future) else child
                 if result is not None:
-                    nodes.append(result)
+                    nodes.append(result[0])
+                    if result[1] is not None:
+                        bitmaps.append(result[1])
             blob = encode_tree(nodes)
             tree_id = hashlib.sha256(blob).digest()
             if self.dedup.claim(tree_id):
                 self.summary.tree_blobs += 1
                 self._store(tree_id, BlobType.TREE, blob)
-            self._reference([tree_id])
+            bitmap = BitMap.union(self.table.ordinals([tree_id]), *bitmaps)
+            self.bitmaps[tree_id] = bitmap
             job.node.subtree = tree_id
             job.node.content = None
             self.summary.dirs += 1
-            job.done.set_result(job.node)
-            root_tree = tree_id
+            root = (job.node, bitmap)
+            job.done.set_result(root)
             if self.progress is not None and time.monotonic() - self._last_progress > 0.1:
                 self._last_progress = time.monotonic()
                 self.progress(self.summary, "")
         self.summary.dirs -= 1  # the root is not a directory of the source
-        return root_tree
+        assert root is not None
+        return root
 
 
 def _roots(paths: list[str]) -> dict[bytes, dict]:  # type: ignore[type-arg]
@@ -342,11 +420,13 @@ def find_parent(repo: Repository, opts: BackupOptions, paths: list[str]) -> Snap
         return None
 
 
-def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = None) -> BackupSummary:
+def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = None,
+           cache: BackupCache | None = None) -> BackupSummary:
     """Back up ``opts.paths`` into ``repo`` and commit a snapshot; see the module doc.
 
     Files that cannot be read are listed in ``summary.errors`` and left out; the caller
-    decides the exit code (3, as restic)."""
+    decides the exit code (3, as restic). ``cache`` carries subtree bitmaps from one
+    backup to the next of the same paths; it is updated in place."""
     started = time.monotonic()
     paths = [os.path.abspath(p) for p in opts.paths]
     for p in paths:
@@ -354,7 +434,8 @@ def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = No
             raise CoreStateError(f"{p}: no such file or directory")
     with repo.locked(exclusive=False):
         repo.adopt_orphan_packs()
-        run = _Run(repo, opts, progress)
+        cache = cache if cache is not None else BackupCache()
+        run = _Run(repo, opts, progress, cache)
         parent = find_parent(repo, opts, paths)
         root_old = Node(name=b"", type="dir", subtree=parent.tree) if parent else None
         # The walk recurses once per directory level: give it room for trees nested as
@@ -368,7 +449,7 @@ def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = No
         finally:
             threading.stack_size(old_stack)
         try:
-            root_tree = run.assemble()
+            (root_node, root_bitmap) = run.assemble()
             run.wait_sealed()
             run.packer.flush()
             repo.flush_index()
@@ -378,11 +459,13 @@ def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = No
             run.packer.close()
             walker.join()
         dedupmod.store_table(repo, run.table)
-        snap = Snapshot(time=opts.time_ns or now_ns(), tree=root_tree, paths=paths,
+        assert root_node.subtree is not None
+        snap = Snapshot(time=opts.time_ns or now_ns(), tree=root_node.subtree, paths=paths,
                         hostname=opts.hostname, tags=list(opts.tags),
                         excludes=list(opts.excludes), parent=parent.id if parent else None)
         snap_id = repo.save_snapshot(snap)
-        dedupmod.save_bitmap(repo, snap_id, run.bitmap, run.table)
+        dedupmod.save_bitmap(repo, snap_id, root_bitmap, run.table)
+        cache.subtree_bitmaps = run.bitmaps
     summary = run.summary
     summary.snapshot_id = snap_id
     summary.parent = snap.parent

@@ -70,6 +70,19 @@ class OrdinalTable:
                 self._ordinal[blob_id] = n
             return n
 
+    def ordinals(self, blob_ids: Iterable[bytes]) -> BitMap:
+        """The bitmap of ``blob_ids``, assigning ordinals to new ones (one lock)."""
+        with self._lock:
+            out = []
+            for blob_id in blob_ids:
+                n = self._ordinal.get(blob_id)
+                if n is None:
+                    n = len(self.ids)
+                    self.ids.append(blob_id)
+                    self._ordinal[blob_id] = n
+                out.append(n)
+        return BitMap(out)
+
     def extend_segment(self, base: int, ids: list[bytes]) -> bool:
         """Append a stored segment if it starts where the table ends; else ignore it."""
         if base != self.stored_len or base != len(self.ids):
@@ -93,9 +106,6 @@ class OrdinalTable:
     def mark_stored(self, base: int, ids: list[bytes]) -> None:
         self.boundaries[base + len(ids)] = self.chain_digest(base, ids)
         self.stored_len = base + len(ids)
-
-    def bitmap(self, blob_ids: Iterable[bytes]) -> BitMap:
-        return BitMap(self.assign(b) for b in blob_ids)
 
     def resolve(self, bitmap: BitMap) -> list[bytes]:
         return [self.ids[i] for i in bitmap]
