@@ -64,6 +64,8 @@ class BackupOptions:
     # (from a watcher). None: scan everything. Directories with no dirty directory at
     # or below them are taken from the parent snapshot without being read.
     dirty_dirs: frozenset[bytes] | None = None
+    # With dirty_dirs: subtrees to scan whole all the same (not watched, or unsure).
+    rescan: frozenset[bytes] = frozenset()
 
 
 @dataclass
@@ -135,7 +137,7 @@ class _Run:
         self.dirty_prefixes: set[bytes] | None = None
         if opts.dirty_dirs is not None:
             self.dirty_prefixes = {b"/"}
-            for d in opts.dirty_dirs:
+            for d in opts.dirty_dirs | opts.rescan:
                 parts = d.rstrip(b"/").split(b"/")
                 self.dirty_prefixes.update(b"/".join(parts[:i]) for i in range(2, len(parts) + 1))
         self._stats_lock = threading.Lock()
@@ -278,7 +280,19 @@ class _Run:
 
     def _clean(self, path: bytes) -> bool:
         """No dirty directory at or below ``path`` (always False without a dirty set)."""
-        return self.dirty_prefixes is not None and path not in self.dirty_prefixes
+        return (self.dirty_prefixes is not None and path not in self.dirty_prefixes
+                and not self._rescanned(path))
+
+    def _rescanned(self, path: bytes) -> bool:
+        """``path`` is at or below one of the subtrees to scan whole."""
+        rescan = self.opts.rescan
+        while rescan:
+            if path in rescan:
+                return True
+            if path in (b"/", b""):
+                return False
+            path = path.rsplit(b"/", 1)[0] or b"/"
+        return False
 
     def _walk_dir(self, path: bytes, node: Node, old: Node | None,
                   only: dict[bytes, dict] | None) -> Future[_Entry | None]:  # type: ignore[type-arg]
@@ -292,7 +306,8 @@ class _Run:
         old_children = self._old_children(old)
         children: list[_Child] = []
         if only is None and self.dirty_dirs is not None and old is not None \
-                and path not in self.dirty_dirs and old_children is not None:
+                and path not in self.dirty_dirs and old_children is not None \
+                and not self._rescanned(path):
             for name, old_child in sorted(old_children.items()):
                 full = path.rstrip(b"/") + b"/" + name
                 if full in self.dirty_prefixes:  # type: ignore[operator]
