@@ -252,6 +252,18 @@ class Repository:
             return snaps[-1]
         return self.load_snapshot(self.resolve(Kind.SNAPSHOTS, ref))
 
+    def snapshot_at(self, at_ns: int, host: str | None = None,
+                    path: str | None = None) -> Snapshot:
+        """The newest snapshot taken at or before ``at_ns`` (of a host, or containing
+        a path): the state of the protected tree at that moment."""
+        snaps = [s for s in self.list_snapshots()
+                 if s.time <= at_ns and (host is None or s.hostname == host)
+                 and (path is None or any(path == p or path.startswith(p.rstrip("/") + "/")
+                                          for p in s.paths))]
+        if not snaps:
+            raise NotFoundError("no snapshot was taken at or before that time")
+        return snaps[-1]
+
     # -- locks ---------------------------------------------------------------------------------
     def list_locks(self) -> list[locks.LockInfo]:
         out = []

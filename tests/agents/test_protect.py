@@ -1,0 +1,127 @@
+"""`corestate protect` end to end: a real watcher, real snapshots, restic as the oracle."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSWORD, restored_root, run_corestate, run_restic, tree_manifest
+
+
+class Protect:
+    """A running `corestate protect --json` whose snapshot lines are collected."""
+
+    def __init__(self, repo: Path, src: Path, *args: str) -> None:
+        env = {**os.environ, "CORESTATE_PASSWORD": PASSWORD}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "corestate", "protect", str(src), "--repo", str(repo),
+             "--json", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.points: list[dict] = []
+
+    def wait_points(self, n: int, timeout: float = 30) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.points) < n:
+            assert time.monotonic() < deadline, f"only {len(self.points)} snapshots: {self.points}"
+            line = self.proc.stdout.readline()
+            assert line, self.proc.stderr.read()
+            self.points.append(json.loads(line))
+        return self.points
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=30)
+        self.points += [json.loads(ln) for ln in out.splitlines() if ln.strip()]
+        return self.proc.returncode
+
+
+@pytest.mark.restic
+def test_every_change_is_protected_within_seconds(tmp_path):
+    src = tmp_path / "src"
+    (src / "docs").mkdir(parents=True)
+    (src / "docs" / "a.txt").write_text("first version\n")
+    (src / "old.txt").write_text("to be deleted\n")
+    outside = tmp_path / "outside"
+    (outside / "incoming").mkdir(parents=True)
+    (outside / "incoming" / "x.bin").write_bytes(os.urandom(200_000))
+    repo = tmp_path / "repo"
+    run_corestate("init", "--repo", str(repo))
+    p = Protect(repo, src, "--interval", "0.5")
+    try:
+        first = p.wait_points(1)[0]
+        assert first["full_scan"] and first["files_new"] == 2
+        before_changes = time.time()
+        time.sleep(0.3)
+        (src / "docs" / "a.txt").write_text("second version\n")
+        (src / "docs" / "new.txt").write_text("created\n")
+        os.unlink(src / "old.txt")
+        (src / "fresh" / "deeper").mkdir(parents=True)  # files right after mkdir
+        (src / "fresh" / "deeper" / "f").write_text("in a new directory\n")
+        os.rename(src / "docs", src / "papers")
+        shutil.move(str(outside / "incoming"), str(src / "incoming"))
+        with open(src / "papers" / "a.txt", "r+") as f:  # truncation
+            f.truncate(6)
+        os.link(src / "papers" / "new.txt", src / "hardlink")
+        start = time.monotonic()
+        deadline = start + 15
+        while time.monotonic() < deadline:  # until a snapshot matches the tree
+            pts = p.wait_points(len(p.points) + 1, timeout=15)
+            target = tmp_path / f"out{len(pts)}"
+            run_corestate("restore", pts[-1]["snapshot_id"], "--target", str(target),
+                          "--repo", str(repo))
+            if tree_manifest(restored_root(target, src)) == tree_manifest(src):
+                break
+        else:
+            pytest.fail("no snapshot ever matched the tree")
+        assert time.monotonic() - start < 5, "changes took too long to be protected"
+        assert not pts[-1]["full_scan"], "incremental snapshots must not rescan everything"
+    finally:
+        assert p.stop() == 0
+    run_restic("-r", str(repo), "check", "--read-data")
+    # the tree as it was before the changes is still there, by time
+    out = tmp_path / "at"
+    run_corestate("restore", "--at", str(before_changes), "--target", str(out), "--repo", str(repo))
+    assert (restored_root(out, src) / "docs" / "a.txt").read_text() == "first version\n"
+    assert (restored_root(out, src) / "old.txt").exists()
+
+
+def test_sigterm_commits_pending_changes(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("one")
+    repo = tmp_path / "repo"
+    run_corestate("init", "--repo", str(repo))
+    p = Protect(repo, src, "--interval", "60")  # no snapshot would be due for a minute
+    p.wait_points(1)
+    time.sleep(0.2)
+    (src / "a").write_text("two")
+    time.sleep(1.0)  # let the watcher see it
+    assert p.stop() == 0
+    assert len(p.points) == 2, p.points
+    out = tmp_path / "out"
+    run_corestate("restore", "latest", "--target", str(out), "--repo", str(repo))
+    assert (restored_root(out, src) / "a").read_text() == "two"
+
+
+def test_catch_up_after_restart_finds_offline_changes(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_text(f"v1 {i}")
+    repo = tmp_path / "repo"
+    run_corestate("init", "--repo", str(repo))
+    p = Protect(repo, src)
+    p.wait_points(1)
+    p.stop()
+    (src / "f3").write_text("changed while nobody watched")  # the agent is down
+    p = Protect(repo, src)
+    point = p.wait_points(1)[0]
+    p.stop()
+    assert point["full_scan"] and point["files_changed"] == 1 and point["files_new"] == 0
