@@ -140,8 +140,9 @@ class ChangeBatch:
     ``paths`` the individual entries named by events and ``kinds`` their event names
     ("create", "modify", "close_write", "attrib", "delete", "move_from", "move_to", and
     "delete_self", "move_self", "unmount" for a root). ``overflow`` means events were
-    lost and everything must be rescanned. ``unwatched`` are all directories currently
-    without a watch; ``events`` counts the raw inotify events read.
+    lost and everything must be rescanned. ``unwatched`` are all directories that could
+    not be watched (excluded ones are not listed); ``events`` counts the raw inotify
+    events read.
     """
 
     dirty_dirs: frozenset[bytes] = frozenset()

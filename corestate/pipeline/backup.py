@@ -21,6 +21,8 @@ store the ordinal table segment, then the snapshot, then its blob bitmap.
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import os
 import queue
 import socket
@@ -30,11 +32,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import xxhash
 from pyroaring import BitMap
 
 from corestate.errors import CoreStateError
+from corestate.kernel import blockmap
+from corestate.kernel.blockmap import BlockMap, BlockMapStore
 from corestate.pipeline import dedup as dedupmod
 from corestate.pipeline.capture import (ExcludeMatcher, node_from_stat, read_consistently,
                                         unchanged)
@@ -66,6 +71,11 @@ class BackupOptions:
     dirty_dirs: frozenset[bytes] | None = None
     # With dirty_dirs: subtrees to scan whole all the same (not watched, or unsure).
     rescan: frozenset[bytes] = frozenset()
+    # Files this big are stored as fixed-size blocks (an unchanged block is the same
+    # blob); with a block store, only blocks whose xxh3 changed are hashed and stored.
+    block_threshold: int = 64 * 1024 * 1024
+    block_size: int = blockmap.DEFAULT_BLOCK_SIZE
+    block_store: BlockMapStore | None = None
 
 
 @dataclass
@@ -222,29 +232,45 @@ class _Run:
             return old, self._subtree_bitmap(old.subtree)
         return old, None
 
+    def _blob(self, data: bytes) -> bytes:
+        """Hash a piece of file content and store it if it is new; its blob id."""
+        bid = hashlib.sha256(data).digest()
+        if self.dedup.claim(bid):
+            with self._stats_lock:
+                self.summary.data_blobs += 1
+                self.summary.data_added += len(data)
+            self._store(bid, BlobType.DATA, data)
+        return bid
+
     def _file(self, path: bytes, node: Node, old: Node | None) -> _Entry | None:
         """Read, chunk and store a new or changed file; None if it cannot be read."""
         ids: list[bytes] = []
+        big = node.size >= self.opts.block_threshold
+        new_map: list[BlockMap] = []
 
-        def consume(chunks: Iterator[bytes]) -> None:
+        def consume(fd: int, st: os.stat_result) -> None:
             ids.clear()
-            for chunk in chunks:
-                bid = hashlib.sha256(chunk).digest()
-                ids.append(bid)
-                if self.dedup.claim(bid):
-                    with self._stats_lock:
-                        self.summary.data_blobs += 1
-                        self.summary.data_added += len(chunk)
-                    self._store(bid, BlobType.DATA, chunk)
+            new_map.clear()
+            if big:
+                block_map, ids[:] = self._blocks(fd, st, old)
+                new_map.append(block_map)
+            else:
+                ids.extend(self._blob(c) for c in chunk_stream(
+                    io.FileIO(fd, closefd=False), size_hint=st.st_size))
 
         try:
-            outcome = read_consistently(path, consume, chunk_stream)
+            outcome = read_consistently(path, consume, node.device_id)
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                return None  # deleted since it was listed
             self._error(path, exc)
             return None
         st = outcome.st
         node.content = ids
         node.size, node.mtime, node.ctime = st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        if new_map and outcome.consistent and self.opts.block_store is not None:
+            self.opts.block_store.save(replace(new_map[0], size=st.st_size,
+                                               mtime_ns=st.st_mtime_ns))
         with self._stats_lock:
             if not outcome.consistent:
                 self.summary.inconsistent.append(os.fsdecode(path))
@@ -252,10 +278,41 @@ class _Run:
                 self.summary.files_new += 1
             else:
                 self.summary.files_changed += 1
-        with self._stats_lock:
             self.summary.total_files_processed += 1
             self.summary.total_bytes_processed += node.size
         return node, self.table.ordinals(ids) if ids else None
+
+    def _blocks(self, fd: int, st: os.stat_result, old: Node | None
+                ) -> tuple[BlockMap, list[bytes]]:
+        """A big file as fixed-size blocks. With a block map of the version in the parent
+        snapshot, only blocks whose xxh3 changed are hashed and stored; the others keep
+        their blob ids from the parent."""
+        size = self.opts.block_size
+        store = self.opts.block_store
+        prev = store.load(st.st_dev, st.st_ino) if store is not None else None
+        usable = (prev is not None and old is not None and old.content is not None
+                  and prev.block_size == size and prev.size == old.size
+                  and prev.mtime_ns == old.mtime
+                  and len(old.content) == blockmap.block_count(old.size, size))
+        if usable:
+            assert old is not None and old.content is not None
+            block_map, changed = blockmap.scan(fd, size, prev)
+            ids = list(old.content[:len(block_map.digests)])
+            ids += [b""] * (len(block_map.digests) - len(ids))
+            for i, data in blockmap.read_blocks(fd, size, changed):
+                ids[i] = self._blob(data)
+            return block_map, [i for i in ids if i]
+        digests: list[int] = []
+        ids = []
+        total = 0
+        for i in itertools.count():  # to the end, even if it moved since the stat
+            data = next(blockmap.read_blocks(fd, size, [i]), (i, b""))[1]
+            if not data:
+                break
+            digests.append(xxhash.xxh3_64_intdigest(data))
+            ids.append(self._blob(data))
+            total += len(data)
+        return BlockMap(size, total, digests, st.st_dev, st.st_ino, st.st_mtime_ns), ids
 
     def _submit_file(self, path: bytes, node: Node, old: Node | None) -> Future[_Entry | None]:
         self._files_in_flight.acquire()

@@ -5,10 +5,12 @@ file's bytes consistently.
 path component (``*.tmp``, ``node_modules``); a pattern with ``/`` matches the whole
 absolute path, where ``**`` spans directories (``/home/*/.cache``, ``**/build/*.o``).
 
-A *consistent read* of a file is one during which its size, mtime and ctime did not
-change (checked with ``fstat`` before and after). A read that saw a change is repeated up
-to :data:`READ_ATTEMPTS` times; if the file never settles, the last read is kept and the
-file is flagged *inconsistent* (the backup warns; the content may mix two versions).
+A *consistent read* of a file reads one version of it. Where the filesystem supports
+reflinks (btrfs, XFS) the file is cloned and the clone is read. Elsewhere the live file
+is read and its size, mtime and ctime must not change meanwhile (``fstat`` before and
+after); a read that saw a change is repeated up to :data:`READ_ATTEMPTS` times; if the
+file never settles, the last read is kept and the file is flagged *inconsistent* (the
+backup warns; the content may mix two versions).
 
 >>> m = ExcludeMatcher(["*.tmp", "/data/**/cache", "node_modules"])
 >>> [m.excluded(p) for p in (b"/a/x.tmp", b"/data/a/b/cache", b"/w/node_modules", b"/w/src")]
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
+from corestate.kernel.reflink import clone_for_read, reflinks_known
 from corestate.repository.tree import Node, go_mode, node_type
 
 READ_ATTEMPTS = 3
@@ -140,32 +143,50 @@ class ReadOutcome:
     st: os.stat_result
     attempts: int
     consistent: bool
+    cloned: bool = False  # read from a reflink clone
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
 
 
-def read_consistently(path: bytes, consume: Callable[[Iterator[bytes]], None],
-                      chunker: Callable[..., Iterator[bytes]]) -> ReadOutcome:
-    """Feed the chunks of ``path`` to ``consume``; repeat while the file changes underfoot.
+def open_for_read(path: bytes) -> int:
+    """An fd for reading ``path`` without following a symlink or touching its atime."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOATIME | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except PermissionError:  # O_NOATIME needs ownership
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
-    ``consume`` receives a fresh chunk iterator per attempt and must start over each
-    time. OSError (unreadable, vanished) propagates to the caller."""
-    flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+def read_consistently(path: bytes, consume: Callable[[int, os.stat_result], None],
+                      dev: int | None = None) -> ReadOutcome:
+    """Call ``consume(fd, stat)`` on a consistent view of ``path``.
+
+    Where the filesystem can clone (reflinks), the view is a clone taken right after
+    ``stat``: one read, consistent by construction, and the recorded metadata is never
+    newer than the content. Otherwise the live file is read and the read is repeated
+    while it changes underfoot (``consume`` must start over each time). ``dev`` skips
+    the clone attempt on filesystems already known not to clone. OSError (unreadable,
+    vanished) propagates."""
+    if dev is None or reflinks_known(dev) is not False:
+        before = os.lstat(path)
+        if stat.S_ISREG(before.st_mode):
+            with clone_for_read(path) as clone:
+                if clone is not None:
+                    consume(clone, before)
+                    return ReadOutcome(before, 1, True, cloned=True)
     attempt = 0
     while True:
         attempt += 1
+        fd = open_for_read(path)
         try:
-            fd = os.open(path, flags)
-        except PermissionError:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # O_NOATIME needs ownership
-        with os.fdopen(fd, "rb", buffering=0) as f:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
                 raise OSError(f"{os.fsdecode(path)} is no longer a regular file")
-            consume(chunker(f, size_hint=before.st_size))
+            consume(fd, before)
             after = os.fstat(fd)
+        finally:
+            os.close(fd)
         if _same(before, after):
             return ReadOutcome(after, attempt, True)
         if attempt >= READ_ATTEMPTS:

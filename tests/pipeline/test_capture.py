@@ -11,23 +11,19 @@ from corestate.repository.tree import MODE_DIR, MODE_SYMLINK
 
 
 def _collect(path, mutate_times):
-    """Read ``path``; the chunker appends to the file during the first N reads."""
+    """Read ``path``; the reader appends to the file during the first N reads."""
     seen = []
     reads = [0]
 
-    def chunker(f, size_hint=None):
+    def consume(fd, st):
         reads[0] += 1
-        data = f.read()
+        seen.clear()
+        seen.append(os.pread(fd, 1 << 20, 0))
         if reads[0] <= mutate_times:
             with open(path, "ab") as w:
                 w.write(b"more")
-        yield data
 
-    def consume(chunks):
-        seen.clear()
-        seen.extend(chunks)
-
-    return read_consistently(os.fsencode(path), consume, chunker), b"".join(seen)
+    return read_consistently(os.fsencode(path), consume), b"".join(seen)
 
 
 def test_file_changing_once_is_read_again(tmp_path):
