@@ -23,7 +23,8 @@ def run_corestate(*args: str, env: dict[str, str] | None = None, check: bool = T
 
     ``drop_dac`` runs it as root without the capabilities that let root read any file,
     so permission bits apply to it as to a normal user."""
-    full_env = {**os.environ, "CORESTATE_PASSWORD": PASSWORD, **(env or {})}
+    full_env = {**os.environ, "CORESTATE_PASSWORD": PASSWORD,
+                "CORESTATE_STATE_DIR": "/tmp/corestate-test-state", **(env or {})}
     cmd = [sys.executable, "-m", "corestate", *args]
     if drop_dac:
         cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]

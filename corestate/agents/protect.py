@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from corestate.kernel.blockmap import BlockMapStore
 from corestate.kernel.watch import ChangeBatch, Watcher
 from corestate.pipeline.backup import BackupCache, BackupOptions, BackupSummary, backup
 from corestate.pipeline.capture import ExcludeMatcher
@@ -45,6 +46,7 @@ class ProtectOptions:
     interval: float = 2.0
     unwatched_rescan: float = 60.0
     hostname: str | None = None
+    block_store: BlockMapStore | None = None  # block maps of big files, kept across runs
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class Protector:
     def _backup(self, dirty: frozenset[bytes] | None, rescan: frozenset[bytes],
                 changed: frozenset[bytes]) -> ConsistencyPoint:
         opts = BackupOptions(paths=self.paths, excludes=self.excludes, tags=self.opts.tags,
-                             dirty_dirs=dirty, rescan=rescan)
+                             dirty_dirs=dirty, rescan=rescan, block_store=self.opts.block_store)
         if self.opts.hostname:
             opts.hostname = self.opts.hostname
         started = time.time()

@@ -40,6 +40,7 @@ def backup(ctx: Context, paths: tuple[str, ...], excludes: tuple[str, ...],
     if host:
         opts.hostname = host
     repo = ctx.open_repo()
+    opts.block_store = ctx.block_store(repo)
     with ctx.progress("backup", bytes_=True) as bar:
         def progress(s: BackupSummary, _path: str) -> None:
             bar.update(completed=s.total_bytes_processed,

@@ -23,6 +23,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
 
 from corestate.connectors.url import open_backend
 from corestate.errors import PermanentError
+from corestate.kernel.blockmap import BlockMapStore
 from corestate.repository.repository import Repository
 
 
@@ -61,6 +62,14 @@ class Context:
 
     def open_repo(self) -> Repository:
         return Repository.open(open_backend(self.url()), self.password())
+
+    @staticmethod
+    def block_store(repo: Repository) -> BlockMapStore:
+        """This host's block maps for ``repo``: ``$CORESTATE_STATE_DIR``, else
+        ``$XDG_STATE_HOME/corestate`` (``~/.local/state/corestate``), per repository id."""
+        base = os.environ.get("CORESTATE_STATE_DIR") or os.path.join(
+            os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "corestate")
+        return BlockMapStore(os.path.join(base, repo.config.id[:16], "blockmaps"))
 
     # -- output -----------------------------------------------------------------------
     def emit(self, data: object) -> None:

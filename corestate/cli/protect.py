@@ -33,7 +33,8 @@ def protect(ctx: Context, paths: tuple[str, ...], interval: float, excludes: tup
     """
     repo = ctx.open_repo()
     protector = Protector(repo, ProtectOptions(list(paths), list(excludes), list(tags),
-                                               interval=interval, hostname=host),
+                                               interval=interval, hostname=host,
+                                               block_store=ctx.block_store(repo)),
                           on_point=lambda p: _report(ctx, p))
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
