@@ -118,9 +118,11 @@ class Protector:
                 if stopping:
                     batch = None
                 elif not (dirty or full):
-                    batch = watcher.poll(0.5)  # idle: wake up now and then to see stop()
-                elif wait > 0:
-                    batch = watcher.poll(min(wait, 0.25))  # pending: gather until due
+                    # idle: wake up now and then to see stop(); the first change of a
+                    # quiet period is snapshotted at once if the interval allows
+                    batch = watcher.poll(0.5, coalesce=max(wait, 0.05))
+                elif wait > 0:  # pending: gather until due, never past it
+                    batch = watcher.poll(min(wait, 0.25), coalesce=wait)
                 else:
                     batch = None  # due now; later events wait in the kernel queue
                 if batch is not None:

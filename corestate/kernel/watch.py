@@ -253,8 +253,11 @@ class Watcher:
 
     # -- polling --------------------------------------------------------------------
 
-    def poll(self, timeout: float) -> ChangeBatch | None:
-        """Wait up to ``timeout`` seconds for events; return them coalesced, or None."""
+    def poll(self, timeout: float, coalesce: float = COALESCE_MAX) -> ChangeBatch | None:
+        """Wait up to ``timeout`` seconds for events; return them coalesced, or None.
+
+        After the first event, reading goes on while events keep coming, for at most
+        ``coalesce`` seconds (a caller with a deadline passes what is left of it)."""
         if self._fd < 0:
             raise ValueError("watcher is closed")
         if not self._poller.poll(max(0, int(timeout * 1000))):
@@ -263,7 +266,7 @@ class Watcher:
         begin = time.monotonic()
         while True:
             self._drain(acc)
-            remaining = COALESCE_MAX - (time.monotonic() - begin)
+            remaining = min(coalesce, COALESCE_MAX) - (time.monotonic() - begin)
             if remaining <= 0 or not self._poller.poll(int(min(COALESCE_QUIET, remaining) * 1000)):
                 break
         if self._pending_moves:
