@@ -20,7 +20,7 @@ fi
 
 PY=${PYTHON:-python3}
 if [[ "${1:-}" == "--dev" ]]; then
-  $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
+  $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test,kafka]"
 else
   $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore -e .
 fi
