@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from corestate.errors import CoreStateError
 from corestate.kernel.blockmap import BlockMapStore
 from corestate.kernel.watch import ChangeBatch, Watcher
 from corestate.pipeline.backup import BackupCache, BackupOptions, BackupSummary, backup
@@ -66,8 +67,10 @@ class Protector:
 
     def __init__(self, repo: Repository, opts: ProtectOptions,
                  on_point: Callable[[ConsistencyPoint], None] | None = None,
-                 on_batch: Callable[[ChangeBatch], None] | None = None) -> None:
+                 on_batch: Callable[[ChangeBatch], None] | None = None,
+                 on_error: Callable[[Exception], None] | None = None) -> None:
         self.repo = repo
+        self.on_error = on_error
         self.opts = opts
         self.on_point = on_point
         self.on_batch = on_batch
@@ -142,7 +145,18 @@ class Protector:
                     dirty.clear()
                     paths, changed = frozenset(changed), set()
                     last = time.monotonic()  # the cadence counts from each snapshot's start
-                    self._backup(None if full else pending, rescan, paths)
-                    full = False
+                    try:
+                        self._backup(None if full else pending, rescan, paths)
+                        full = False
+                    except (CoreStateError, OSError) as exc:
+                        # storage away, lock held by prune...: nothing is lost; the next
+                        # consistency point rescans everything with a fresh cache
+                        log.warning("snapshot failed, will retry: %s", exc)
+                        if self.on_error is not None:
+                            self.on_error(exc)
+                        self.cache = BackupCache()
+                        full = True
+                        if stopping:
+                            raise
                 if stopping:
                     return

@@ -35,7 +35,8 @@ def protect(ctx: Context, paths: tuple[str, ...], interval: float, excludes: tup
     protector = Protector(repo, ProtectOptions(list(paths), list(excludes), list(tags),
                                                interval=interval, hostname=host,
                                                block_store=ctx.block_store(repo)),
-                          on_point=lambda p: _report(ctx, p))
+                          on_point=lambda p: _report(ctx, p),
+                          on_error=lambda e: ctx.warn(f"snapshot failed, retrying: {e}"))
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         protector.stop()

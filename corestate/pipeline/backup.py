@@ -122,11 +122,18 @@ class _DirJob:
 
 @dataclass
 class BackupCache:
-    """What consecutive backups of the same paths (``corestate protect``) carry over:
-    the blob bitmap of every tree of the last snapshot, so an unchanged subtree is
-    reused without loading it."""
+    """What consecutive backups of the same paths (``corestate protect``) carry over,
+    so that a snapshot costs what changed, not what exists: the blob bitmap of every
+    tree of the last snapshot (an unchanged subtree is reused without loading it), the
+    ordinal table and dedup index, and the last snapshot (the next one's parent).
+
+    The index is refreshed at every backup; if prune rewrote it, everything cached
+    about blobs is dropped and rebuilt."""
 
     subtree_bitmaps: dict[bytes, BitMap] = field(default_factory=dict)
+    table: dedupmod.OrdinalTable | None = None
+    dedup: dedupmod.DedupIndex | None = None
+    parent: Snapshot | None = None
 
 
 class _Run:
@@ -138,9 +145,11 @@ class _Run:
         self.summary = BackupSummary()
         self.excludes = ExcludeMatcher(opts.excludes)
         self.packer = Packer(repo)
-        repo.load_index()
-        self.table = dedupmod.load_table(repo)
-        self.dedup = dedupmod.DedupIndex(repo.index, self.table, repo.index.blob_ids())
+        if cache.table is None or cache.dedup is None:
+            cache.table = dedupmod.load_table(repo)
+            cache.dedup = dedupmod.DedupIndex(repo.index, cache.table, repo.index.blob_ids())
+        self.table = cache.table
+        self.dedup = cache.dedup
         self._old_bitmaps = cache.subtree_bitmaps
         self.bitmaps: dict[bytes, BitMap] = {}  # tree id -> bitmap, for the next run
         self.dirty_dirs = opts.dirty_dirs
@@ -505,10 +514,13 @@ def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = No
         if not os.path.lexists(p):
             raise CoreStateError(f"{p}: no such file or directory")
     with repo.locked(exclusive=False):
-        repo.adopt_orphan_packs()
         cache = cache if cache is not None else BackupCache()
+        if repo.refresh_index() or cache.table is None:
+            repo.adopt_orphan_packs()  # packs of a killed backup: reuse their blobs
+            cache.subtree_bitmaps, cache.table, cache.dedup, cache.parent = {}, None, None, None
         run = _Run(repo, opts, progress, cache)
-        parent = find_parent(repo, opts, paths)
+        parent = cache.parent if cache.parent is not None and not opts.parent \
+            and cache.parent.paths == paths else find_parent(repo, opts, paths)
         root_old = Node(name=b"", type="dir", subtree=parent.tree) if parent else None
         # The walk recurses once per directory level: give it room for trees nested as
         # deep as PATH_MAX allows (~2000 levels).
@@ -538,6 +550,7 @@ def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = No
         snap_id = repo.save_snapshot(snap)
         dedupmod.save_bitmap(repo, snap_id, root_bitmap, run.table)
         cache.subtree_bitmaps = run.bitmaps
+        cache.parent = snap
     summary = run.summary
     summary.snapshot_id = snap_id
     summary.parent = snap.parent

@@ -143,6 +143,29 @@ class Repository:
         self._index_loaded = True
         return self.index
 
+    def refresh_index(self) -> bool:
+        """Catch up with index files written since the last load (by other backups).
+
+        Returns True if the index had to be reloaded from scratch because a file it
+        knew is gone (prune rewrote the index): blobs known before may be gone too."""
+        if not self._index_loaded:
+            self.load_index()
+            return True
+        names = {f.name for f in self.backend.list(Kind.INDEX)}
+        if not self.index.files <= names:
+            with self._lock:
+                self.index = MasterIndex()
+                self._index_loaded = False
+                self._pending.clear()
+            self.load_index()
+            return True
+        for name in names - self.index.files:
+            packs, _ = index_from_json(self.load_json(Kind.INDEX, name))
+            for pack_id, blobs in packs.items():
+                self.index.add_pack(pack_id, blobs)
+            self.index.files.add(name)
+        return False
+
     def read_pack_header(self, pack_id: str, size: int | None = None) -> list[PackedBlob]:
         """Entries of a stored pack, from its header (IntegrityError if damaged)."""
         if size is None:

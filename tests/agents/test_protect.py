@@ -125,3 +125,33 @@ def test_catch_up_after_restart_finds_offline_changes(tmp_path):
     point = p.wait_points(1)[0]
     p.stop()
     assert point["full_scan"] and point["files_changed"] == 1 and point["files_new"] == 0
+
+
+@pytest.mark.restic
+def test_prune_between_snapshots_does_not_leave_dangling_blobs(tmp_path):
+    """A long-running protect caches what the repository holds; a prune from another
+    process rewrites the index, and the next snapshot must notice instead of
+    referencing blobs that prune removed."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "keep").write_bytes(os.urandom(300_000))
+    gone = os.urandom(300_000)
+    (src / "gone").write_bytes(gone)
+    repo = tmp_path / "repo"
+    run_corestate("init", "--repo", str(repo))
+    p = Protect(repo, src, "--interval", "0.3")
+    try:
+        p.wait_points(1)
+        os.unlink(src / "gone")
+        p.wait_points(2)
+        # forget the first snapshot: prune deletes `gone`'s blob
+        run_corestate("forget", "--keep-last", "1", "--prune", "--repo", str(repo))
+        # the same content again: a stale cache would think its blob is still stored
+        (src / "gone").write_bytes(gone)
+        p.wait_points(3)
+    finally:
+        assert p.stop() == 0
+    run_restic("-r", str(repo), "check", "--read-data")
+    out = tmp_path / "out"
+    run_corestate("restore", "latest", "--target", str(out), "--repo", str(repo))
+    assert tree_manifest(restored_root(out, src)) == tree_manifest(src)
