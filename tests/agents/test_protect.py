@@ -19,11 +19,14 @@ from tests.conftest import PASSWORD, restored_root, run_corestate, run_restic, t
 class Protect:
     """A running `corestate protect --json` whose snapshot lines are collected."""
 
-    def __init__(self, repo: Path, src: Path, *args: str) -> None:
-        env = {**os.environ, "CORESTATE_PASSWORD": PASSWORD}
+    def __init__(self, repo: Path, src: Path, *args: str, drop_dac: bool = False) -> None:
+        env = {**os.environ, "CORESTATE_PASSWORD": PASSWORD,
+               "CORESTATE_STATE_DIR": str(repo.parent / "state")}
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if drop_dac else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "corestate", "protect", str(src), "--repo", str(repo),
+            [*prefix, sys.executable, "-m", "corestate", "protect", str(src), "--repo", str(repo),
              "--json", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stderr = ""
         self.points: list[dict] = []
 
     def wait_points(self, n: int, timeout: float = 30) -> list[dict]:
@@ -37,7 +40,7 @@ class Protect:
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=30)
+        out, self.stderr = self.proc.communicate(timeout=30)
         self.points += [json.loads(ln) for ln in out.splitlines() if ln.strip()]
         return self.proc.returncode
 
@@ -155,3 +158,48 @@ def test_prune_between_snapshots_does_not_leave_dangling_blobs(tmp_path):
     out = tmp_path / "out"
     run_corestate("restore", "latest", "--target", str(out), "--repo", str(repo))
     assert tree_manifest(restored_root(out, src)) == tree_manifest(src)
+
+
+def test_hostile_changes_are_reported_never_fatal(tmp_path):
+    """Vanishing directories, permission denied, files deleted while being read, a
+    file replaced by a directory: protect reports them and keeps protecting."""
+    src = tmp_path / "src"
+    (src / "work").mkdir(parents=True)
+    (src / "swap").write_text("a file for now")
+    (src / "private").mkdir()
+    (src / "private" / "secret").write_text("x")
+    repo = tmp_path / "repo"
+    run_corestate("init", "--repo", str(repo))
+    p = Protect(repo, src, "--interval", "0.3", drop_dac=True)
+    try:
+        p.wait_points(1)
+        os.chmod(src / "private", 0)  # permission denied from now on (for protect)
+        (src / "private" / "secret").write_text("changed where protect may not look")
+        for i in range(30):  # directories that appear and vanish while watched
+            d = src / "work" / f"tmp{i}"
+            d.mkdir()
+            (d / "f").write_bytes(os.urandom(50_000))
+            shutil.rmtree(d)
+        big = src / "work" / "deleted-mid-read"
+        big.write_bytes(os.urandom(20_000_000))
+        big.unlink()
+        os.unlink(src / "swap")  # a file replaced by a directory
+        (src / "swap").mkdir()
+        (src / "swap" / "inside").write_text("now a directory")
+        time.sleep(1.5)
+        (src / "work" / "after").write_text("still protected")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            p.wait_points(len(p.points) + 1, timeout=15)
+            out = tmp_path / f"out{len(p.points)}"
+            run_corestate("restore", p.points[-1]["snapshot_id"], "--target", str(out),
+                          "--repo", str(repo))
+            root = restored_root(out, src)
+            if (root / "work" / "after").exists():
+                break
+        assert (root / "swap" / "inside").read_text() == "now a directory"
+        assert not (root / "work" / "tmp29").exists()
+    finally:
+        assert p.stop() == 0, p.stderr
+        os.chmod(src / "private", 0o755)
+    assert "private" in p.stderr and "Permission denied" in p.stderr
