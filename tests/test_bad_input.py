@@ -133,7 +133,16 @@ def test_very_deep_tree(tmp_path, repo_path, corestate):
     target = tmp_path / "out"
     corestate("restore", "latest", "--target", str(target), "--repo", str(repo_path))
     leaf = os.fsencode(str(restored_root(target, src))) + b"/d" * depth + b"/leaf"
-    assert open(leaf, "rb").read() == b"bottom"
+    with open(leaf, "rb") as f:
+        assert f.read() == b"bottom"
+    for top in (os.fsencode(str(src)), os.fsencode(str(restored_root(target, src)))):
+        _remove_deep(top, depth)  # pytest's recursive clean-up would overflow on it
+
+
+def _remove_deep(top: bytes, depth: int) -> None:
+    os.unlink(top + b"/d" * depth + b"/leaf")
+    for level in range(depth, 0, -1):
+        os.rmdir(top + b"/d" * level)
 
 
 @pytest.mark.restic
