@@ -77,6 +77,13 @@ class Context:
         sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS) + b"\n")
         sys.stdout.flush()
 
+    def result(self, data: object, text: str) -> None:
+        """Print a command's result: ``data`` as JSON with --json, else ``text``."""
+        if self.json:
+            self.emit(data)
+        else:
+            self.info(text)
+
     def info(self, text: str) -> None:
         if not self.quiet and not self.json:
             self.out.print(text, markup=False)

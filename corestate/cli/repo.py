@@ -19,11 +19,9 @@ from corestate.repository.repository import Repository
 def init(ctx: Context) -> None:
     """Create a new, empty repository (restic format v2, encrypted)."""
     repo = Repository.init(open_backend(ctx.url()), ctx.password(confirm=True))
-    if ctx.json:
-        ctx.emit({"message_type": "initialized", "id": repo.config.id,
-                  "repository": repo.backend.location()})
-    else:
-        ctx.info(f"created repository {repo.config.id[:10]} at {repo.backend.location()}")
+    ctx.result({"message_type": "initialized", "id": repo.config.id,
+                "repository": repo.backend.location()},
+               f"created repository {repo.config.id[:10]} at {repo.backend.location()}")
 
 
 def _new_password(new_password_file: str | None) -> str:
@@ -67,7 +65,7 @@ def key_add(ctx: Context, new_password_file: str | None) -> None:
     """Add a password that opens the repository."""
     repo = ctx.open_repo()
     new_id = keyfiles.create_key_file(repo.backend, repo.key, _new_password(new_password_file))
-    ctx.emit({"id": new_id}) if ctx.json else ctx.info(f"saved new key as {new_id[:8]}")
+    ctx.result({"id": new_id}, f"saved new key as {new_id[:8]}")
 
 
 @key.command("remove")
@@ -77,7 +75,7 @@ def key_remove(ctx: Context, key_id: str) -> None:
     """Remove the key file KEY_ID (not the one in use)."""
     repo = ctx.open_repo()
     removed = keyfiles.remove_key_file(repo.backend, key_id, repo.key_id)
-    ctx.emit({"removed": removed}) if ctx.json else ctx.info(f"removed key {removed[:8]}")
+    ctx.result({"removed": removed}, f"removed key {removed[:8]}")
 
 
 @key.command("passwd")
@@ -88,7 +86,7 @@ def key_passwd(ctx: Context, new_password_file: str | None) -> None:
     repo = ctx.open_repo()
     new_id = keyfiles.create_key_file(repo.backend, repo.key, _new_password(new_password_file))
     repo.backend.delete(Kind.KEYS, repo.key_id)
-    ctx.emit({"id": new_id}) if ctx.json else ctx.info(f"password changed; key is now {new_id[:8]}")
+    ctx.result({"id": new_id}, f"password changed; key is now {new_id[:8]}")
 
 
 @cli.command()
@@ -98,4 +96,4 @@ def unlock(ctx: Context, remove_all: bool) -> None:
     """Remove stale locks (older than 30 minutes, or left by a dead process here)."""
     repo = ctx.open_repo()
     n = repo.remove_stale_locks(all_locks=remove_all)
-    ctx.emit({"removed": n}) if ctx.json else ctx.info(f"removed {n} lock(s)")
+    ctx.result({"removed": n}, f"removed {n} lock(s)")
