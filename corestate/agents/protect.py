@@ -5,8 +5,10 @@ a full walk against the latest snapshot of the same paths, which reads only file
 size, mtime, ctime or inode changed while nothing was watching), then one whenever
 something changed, at most every ``interval`` seconds.
 
-Between consistency points the watcher (:mod:`corestate.kernel.watch`) reports *dirty
-directories*; the next snapshot re-lists only those and takes every other subtree from
+Between consistency points the watcher reports *dirty directories*: fanotify with
+filesystem-wide marks where this process may use it (:mod:`corestate.kernel.fanotify`;
+no watch limit, no race with new directories), else recursive inotify
+(:mod:`corestate.kernel.watch`); the next snapshot re-lists only those and takes every other subtree from
 the previous snapshot without reading it (:class:`~corestate.pipeline.backup.BackupCache`
 carries the subtree bitmaps along). An inotify queue overflow makes the next snapshot a
 full scan; directories the watcher could not watch (out of inotify watches) are
@@ -28,7 +30,8 @@ from dataclasses import dataclass, field
 
 from corestate.errors import CoreStateError
 from corestate.kernel.blockmap import BlockMapStore
-from corestate.kernel.watch import ChangeBatch, Watcher
+from corestate.kernel.fanotify import open_watcher
+from corestate.kernel.watch import ChangeBatch
 from corestate.pipeline.backup import BackupCache, BackupOptions, BackupSummary, backup
 from corestate.pipeline.capture import ExcludeMatcher
 from corestate.repository.repository import Repository
@@ -107,7 +110,7 @@ class Protector:
         def excluded(path: bytes) -> bool:
             return path == repo_dir or matcher.excluded(path)
 
-        with Watcher(roots, excluded) as watcher:
+        with open_watcher(roots, excluded) as watcher:
             watcher.start()
             self._backup(None, frozenset(), frozenset())  # catch-up scan
             dirty: set[bytes] = set()

@@ -94,10 +94,10 @@ def parse_time(text: str) -> int:
     m = _RFC3339.match(text)
     if not m:
         raise ValueError(f"not an RFC 3339 time: {text!r}")
-    y, mo, d, h, mi, s, frac, tz = m.groups()
+    y, mo, d, h, mi, s, fraction, tz = m.groups()
     secs = (_days_from_civil(int(y), int(mo), int(d)) * 86400
             + int(h) * 3600 + int(mi) * 60 + int(s))
     if tz not in ("Z", "z"):
-        off = int(tz[1:3]) * 3600 + int(tz[4:6]) * 60
-        secs -= off if tz[0] == "+" else -off
-    return secs * _NS + (int(frac[:9].ljust(9, "0")) if frac else 0)
+        offset = int(tz[1:3]) * 3600 + int(tz[4:6]) * 60
+        secs -= offset if tz[0] == "+" else -offset
+    return secs * _NS + (int(fraction[:9].ljust(9, "0")) if fraction else 0)
