@@ -1,0 +1,141 @@
+"""Distributed mode on a real broker: deploy/kafka/broker.sh started once for the
+directory on free ports with its own data directory (as tests/deploy/test_kafka_broker.py
+does); each test gets its own topic prefix, so tests do not see each other's records."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSWORD
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "deploy" / "kafka" / "broker.sh"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "kafka: starts a real Apache Kafka broker (deploy/kafka/broker.sh; needs Java 17+ and Maven)")
+
+
+@dataclass
+class Broker:
+    port: int
+    cport: int
+    data: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def script(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.cport),
+               "KAFKA_DATA_DIR": str(self.data), "PYTHON": sys.executable}
+        return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True,
+                              timeout=timeout, cwd="/")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    pytest.importorskip("confluent_kafka", reason="pip install 'corestate[kafka]'")
+    port, cport = free_ports(2)
+    b = Broker(port, cport, tmp_path_factory.mktemp("kafka") / "data")
+    proc = b.script("start")
+    assert proc.returncode == 0, f"broker.sh start exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    try:
+        yield b
+    finally:
+        b.script("stop", timeout=120)
+
+
+@dataclass
+class Cluster:
+    """One test's topics on the broker, and the commands that use them."""
+
+    broker: Broker
+    prefix: str
+    partitions: int
+
+    def cli(self, *args: str) -> list[str]:
+        return [sys.executable, "-c", "import corestate.cli.agent, corestate.cli.worker; "
+                "from corestate.cli.main import main; main()", *args]
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "CORESTATE_PASSWORD": PASSWORD,
+                "CORESTATE_STATE_DIR": "/tmp/corestate-test-state"}
+
+    def agent(self, *paths: str, host_id: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(self.cli("agent", *paths, "--bootstrap", self.broker.bootstrap,
+                                       "--host-id", host_id, "--once", "--prefix", self.prefix),
+                              capture_output=True, text=True, timeout=300, env=self.env(), cwd=ROOT)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"agent exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def worker(self, repo: Path, roles: str = "chunk,pack,commit",
+               log: Path | None = None) -> subprocess.Popen[bytes]:
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        return subprocess.Popen(self.cli("worker", "--bootstrap", self.broker.bootstrap,
+                                         "--repo", str(repo), "--roles", roles,
+                                         "--prefix", self.prefix),
+                                stdout=out, stderr=out, env=self.env(), cwd=ROOT)
+
+    def consume(self, suffix: str, count: int, timeout: float = 120) -> list[tuple[bytes | None, bytes]]:
+        """The first ``count`` records of ``<prefix>.<suffix>`` (key, value), waiting for them."""
+        from confluent_kafka import Consumer
+
+        c = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
+                      "auto.offset.reset": "earliest", "enable.auto.commit": "false"})
+        c.subscribe([f"{self.prefix}.{suffix}"])
+        out: list[tuple[bytes | None, bytes]] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while len(out) < count and time.monotonic() < deadline:
+                msg = c.poll(0.5)
+                if msg is not None and not msg.error():
+                    out.append((msg.key(), msg.value()))
+        finally:
+            c.close()
+        return out
+
+
+@pytest.fixture
+def cluster(broker: Broker) -> Cluster:
+    from corestate.connectors import kafka_topics as kt
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    partitions = 3
+    statuses = kt.create_topics(broker.bootstrap, partitions=partitions, prefix=prefix)
+    assert all(s.ok for s in statuses), [s.problems for s in statuses]
+    return Cluster(broker, prefix, partitions)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a worker as an operator would (SIGTERM), killing it if it hangs."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

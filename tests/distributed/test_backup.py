@@ -1,0 +1,301 @@
+"""A distributed backup end to end on a real broker: `corestate agent --once` publishes,
+`corestate worker` (all roles, one process) chunks, stores and commits, and the real
+restic checks and restores the result."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from corestate.connectors.url import open_backend
+from corestate.pipeline.chunk import chunk_stream
+from corestate.repository.pack import BlobType
+from corestate.repository.repository import Repository
+from corestate.schemas.codec import decode
+from corestate.schemas.events import DeadLetter, SnapshotCommitted
+from tests.conftest import PASSWORD, build_rich_tree, restored_root, run_corestate, run_restic, tree_manifest
+from tests.distributed.conftest import Cluster, stop
+
+pytestmark = [pytest.mark.kafka]
+
+
+def init_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    run_corestate("init", "--repo", str(repo))
+    return repo
+
+
+def committed(cluster: Cluster, n: int) -> list[SnapshotCommitted]:
+    records = cluster.consume("snapshots", n)
+    assert len(records) == n, f"{len(records)} of {n} snapshots committed"
+    return [decode(v, SnapshotCommitted) for _, v in records]
+
+
+def test_distributed_backup_restores_byte_identically_with_restic(tmp_path: Path, cluster: Cluster) -> None:
+    src = build_rich_tree(tmp_path)
+    repo = init_repo(tmp_path)
+    worker = cluster.worker(repo, log=tmp_path / "worker.log")
+    try:
+        cluster.agent(str(src), host_id="h1")
+        [event] = committed(cluster, 1)
+    finally:
+        stop(worker)
+    assert worker.returncode == 0, (tmp_path / "worker.log").read_text()
+    assert event.host == "h1" and event.paths == (str(src),)
+    run_restic("-r", str(repo), "check", "--read-data")
+    snaps = run_restic("-r", str(repo), "snapshots", "--json").stdout
+    assert event.restic_id in snaps and '"hostname":"h1"' in snaps.replace(" ", "")
+    target = tmp_path / "out"
+    run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
+    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+
+
+def test_blobs_shared_by_two_agents_are_stored_once(tmp_path: Path, cluster: Cluster) -> None:
+    shared = os.urandom(3 * 1024 * 1024 + 5)
+    trees = []
+    own: dict[str, bytes] = {}
+    for name in ("a", "b"):
+        root = tmp_path / f"host-{name}"
+        root.mkdir()
+        (root / "same.bin").write_bytes(shared)
+        own[name] = os.urandom(700_000)
+        (root / f"own-{name}.bin").write_bytes(own[name])
+        trees.append(root)
+    repo = init_repo(tmp_path)
+    worker = cluster.worker(repo, log=tmp_path / "worker.log")
+    try:
+        cluster.agent(str(trees[0]), host_id="host-a")
+        cluster.agent(str(trees[1]), host_id="host-b")
+        events = committed(cluster, 2)
+    finally:
+        stop(worker)
+    assert {e.host for e in events} == {"host-a", "host-b"}
+    run_restic("-r", str(repo), "check", "--read-data")
+    # every data blob of both trees is stored exactly once: one index entry, one copy
+    expected = {hashlib.sha256(c).digest() for data in (shared, *own.values())
+                for c in chunk_stream(io.BytesIO(data))}
+    r = Repository.open(open_backend(str(repo)), PASSWORD)
+    r.load_index()
+    stored = [b for b in r.index.blob_ids() if r.index.has_type(b, BlobType.DATA)]
+    assert sorted(stored) == sorted(expected)
+    assert all(len(r.index.all_locations(b)) == 1 for b in expected)
+    for e, root in zip(sorted(events, key=lambda e: e.host), trees):
+        target = tmp_path / f"out-{e.host}"
+        run_restic("-r", str(repo), "restore", e.restic_id, "--target", str(target))
+        assert tree_manifest(restored_root(target, root)) == tree_manifest(root)
+
+
+def test_a_malformed_capture_goes_to_the_dlq_and_the_backup_completes(tmp_path: Path,
+                                                                      cluster: Cluster) -> None:
+    from confluent_kafka import Producer
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_bytes(b"payload\n" * 1000)
+    repo = init_repo(tmp_path)
+    p = Producer({"bootstrap.servers": cluster.broker.bootstrap})
+    p.produce(f"{cluster.prefix}.captures", key=b"evil\x00/x", value=b"\xc3\x01 not avro at all")
+    p.flush(30)
+    worker = cluster.worker(repo, log=tmp_path / "worker.log")
+    try:
+        cluster.agent(str(src), host_id="h1")
+        [event] = committed(cluster, 1)
+        [(key, value)] = cluster.consume("dlq", 1)
+    finally:
+        stop(worker)
+    dead = decode(value, DeadLetter)
+    assert key == b"evil\x00/x" == dead.key and dead.value == b"\xc3\x01 not avro at all"
+    assert dead.topic == f"{cluster.prefix}.captures" and dead.reason
+    target = tmp_path / "out"
+    run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
+    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+
+
+def big_tree(root: Path, files: int = 6, size: int = 8 << 20) -> Path:
+    root.mkdir()
+    for i in range(files):
+        (root / f"f{i}.bin").write_bytes(os.urandom(size))
+    return root
+
+
+def test_a_worker_killed_mid_backup_and_restarted_completes_the_snapshot(tmp_path: Path,
+                                                                         cluster: Cluster) -> None:
+    src = big_tree(tmp_path / "src")
+    repo = init_repo(tmp_path)
+    cluster.agent(str(src), host_id="h1")  # the whole run waits in Kafka
+    log = tmp_path / "worker.log"
+    worker = cluster.worker(repo, log=log)
+    deadline = time.monotonic() + 60
+    while not any((repo / "data").rglob("*")) or not [p for p in (repo / "data").rglob("*") if p.is_file()]:
+        assert time.monotonic() < deadline and worker.poll() is None, log.read_text()
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)  # mid-backup: the first pack is written, no snapshot yet
+    worker.wait()
+    assert not list((repo / "snapshots").iterdir())
+    worker = cluster.worker(repo, log=log)
+    try:
+        [event] = committed(cluster, 1)
+    finally:
+        stop(worker)
+    run_restic("-r", str(repo), "check", "--read-data")
+    target = tmp_path / "out"
+    run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
+    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+
+
+def test_two_workers_in_one_group_share_the_partitions(tmp_path: Path, cluster: Cluster) -> None:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    src = big_tree(tmp_path / "src", files=4, size=4 << 20)
+    repo = init_repo(tmp_path)
+    log = tmp_path / "worker.log"
+    workers = [cluster.worker(repo, log=log), cluster.worker(repo, log=log)]
+    try:
+        # each role's group has both workers, each with a share of the partitions
+        admin = AdminClient({"bootstrap.servers": cluster.broker.bootstrap})
+
+        def shares() -> dict[str, list[int]]:
+            out = {}
+            for role in ("chunk", "pack", "commit"):
+                group = f"{cluster.prefix}.worker.{role}"
+                try:
+                    desc = admin.describe_consumer_groups([group])[group].result(timeout=30)
+                except KafkaException:  # the group does not exist yet
+                    continue
+                out[role] = sorted(len(m.assignment.topic_partitions) for m in desc.members)
+            return out
+
+        # commit: files and stored, co-partitioned (range assignment: p of both together)
+        want = {"chunk": [1, 2], "pack": [1, 2], "commit": [2, 4]}
+        deadline = time.monotonic() + 60
+        while shares() != want:
+            assert time.monotonic() < deadline, shares()
+            time.sleep(0.5)
+        cluster.agent(str(src), host_id="h1")
+        [event] = committed(cluster, 1)
+        assert shares() == want
+    finally:
+        for w in workers:
+            stop(w)
+    assert all(w.returncode == 0 for w in workers), log.read_text()
+    run_restic("-r", str(repo), "check", "--read-data")
+    target = tmp_path / "out"
+    run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
+    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+
+
+def test_the_backup_completes_when_the_broker_returns_after_a_stop(tmp_path: Path,
+                                                                  cluster: Cluster) -> None:
+    src = big_tree(tmp_path / "src")
+    repo = init_repo(tmp_path)
+    cluster.agent(str(src), host_id="h1")
+    log = tmp_path / "worker.log"
+    worker = cluster.worker(repo, log=log)
+    try:
+        deadline = time.monotonic() + 60
+        while not [p for p in (repo / "data").rglob("*") if p.is_file()]:
+            assert time.monotonic() < deadline and worker.poll() is None, log.read_text()
+            time.sleep(0.05)
+        proc = cluster.broker.script("stop", timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert not list((repo / "snapshots").iterdir())  # stopped mid-backup
+        time.sleep(2)
+        proc = cluster.broker.script("start")
+        assert proc.returncode == 0, proc.stderr
+        [event] = committed(cluster, 1)
+    finally:
+        stop(worker)
+    assert worker.returncode == 0, log.read_text()
+    run_restic("-r", str(repo), "check", "--read-data")
+    target = tmp_path / "out"
+    run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
+    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+
+
+def test_an_agent_killed_mid_run_then_run_again_gives_a_complete_snapshot(tmp_path: Path,
+                                                                         cluster: Cluster) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    src = big_tree(tmp_path / "src", files=12, size=4 << 20)
+    repo = init_repo(tmp_path)
+    log = tmp_path / "worker.log"
+    worker = cluster.worker(repo, log=log)
+    watch = Consumer({"bootstrap.servers": cluster.broker.bootstrap, "group.id": "watch"})
+    topic = f"{cluster.prefix}.captures"
+
+    def published() -> int:
+        return sum(watch.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                   for p in range(cluster.partitions))
+
+    try:
+        agent = subprocess.Popen(cluster.cli("agent", str(src), "--bootstrap", cluster.broker.bootstrap,
+                                             "--host-id", "h1", "--once", "--prefix", cluster.prefix),
+                                 env=cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while published() < cluster.partitions + 8:  # begin markers and a few segments
+            assert time.monotonic() < deadline and agent.poll() is None
+            time.sleep(0.01)
+        agent.send_signal(signal.SIGKILL)  # mid-run: no end marker
+        agent.wait()
+        cluster.agent(str(src), host_id="h1")  # the next run, from the start
+        [event] = committed(cluster, 1)
+    finally:
+        watch.close()
+        stop(worker)
+    assert worker.returncode == 0, log.read_text()
+    run_restic("-r", str(repo), "check", "--read-data")
+    target = tmp_path / "out"
+    run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
+    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+
+
+def test_a_watching_agent_publishes_a_new_snapshot_after_a_change(tmp_path: Path, cluster: Cluster) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f.txt").write_text("version 1\n")
+    repo = init_repo(tmp_path)
+    worker = cluster.worker(repo, log=tmp_path / "worker.log")
+    agent = subprocess.Popen(cluster.cli("agent", str(src), "--bootstrap", cluster.broker.bootstrap,
+                                         "--host-id", "h1", "--prefix", cluster.prefix),
+                             env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        [first] = committed(cluster, 1)
+        (src / "d" / "f.txt").write_text("version 2, longer\n")
+        (src / "d" / "new.txt").write_text("created while watched\n")
+        second = committed(cluster, 2)[1]
+    finally:
+        stop(agent)  # type: ignore[arg-type]
+        stop(worker)
+    assert agent.returncode == 0, agent.stdout.read()  # type: ignore[union-attr]
+    assert first.restic_id != second.restic_id
+    target = tmp_path / "out"
+    run_restic("-r", str(repo), "restore", second.restic_id, "--target", str(target))
+    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+    run_restic("-r", str(repo), "restore", first.restic_id, "--target", str(tmp_path / "old"))
+    assert (restored_root(tmp_path / "old", src) / "d" / "f.txt").read_text() == "version 1\n"
+
+
+def test_each_role_in_its_own_process(tmp_path: Path, cluster: Cluster) -> None:
+    src = big_tree(tmp_path / "src", files=3, size=2 << 20)
+    repo = init_repo(tmp_path)
+    log = tmp_path / "worker.log"
+    workers = [cluster.worker(repo, roles=r, log=log) for r in ("chunk", "pack", "commit")]
+    try:
+        cluster.agent(str(src), host_id="h1")
+        [event] = committed(cluster, 1)
+    finally:
+        for w in workers:
+            stop(w)
+    assert all(w.returncode == 0 for w in workers), log.read_text()
+    run_restic("-r", str(repo), "check", "--read-data")
+    target = tmp_path / "out"
+    run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
+    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)

@@ -1,0 +1,175 @@
+"""The distributed stages in memory (no broker): the chunk, pack and commit stages chained
+by hand, with a local repository, and the barrier rules they follow."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from corestate.agents.agent import scan
+from corestate.connectors.url import open_backend
+from corestate.pipeline.chunk import chunk_stream
+from corestate.pipeline.stages import (ChunkStage, CommitStage, Emit, PackStage,
+                                       RejectedEventError)
+from corestate.repository.pack import BlobType
+from corestate.repository.repository import Repository
+from corestate.schemas.codec import decode, encode
+from corestate.schemas.events import (BarrierAck, Chunk, DataSegment, Event, FileBegin, FileEnd,
+                                      FileManifest, NodeMeta, SnapshotMarker)
+from tests.conftest import PASSWORD
+
+T = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+META = NodeMeta(type="file", mode=0o644, mtime=1, atime=1, ctime=1, uid=0, gid=0, size=0)
+
+
+def marker(kind: str, partitions: int, source: int | None = None, sid: str = "s1") -> SnapshotMarker:
+    return SnapshotMarker(host="h", snapshot_id=sid, kind=kind, paths=("/srv",),  # type: ignore[arg-type]
+                          partition_count=partitions, time=T, source_partition=source)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository.init(open_backend(str(tmp_path / "repo")), PASSWORD)
+
+
+def test_chunker_reassembles_segments_and_a_reread_starts_over() -> None:
+    stage = ChunkStage(chunk_partitions=4)
+    data = os.urandom(2_500_000)
+    ev = dict(host="h", snapshot_id="s1", path=b"/srv/f")
+    out: list[Emit] = []
+    out += stage.handle(0, FileBegin(node=META, **ev))
+    out += stage.handle(0, DataSegment(seq=0, offset=0, data=b"stale" * 100, **ev))
+    assert not stage.quiet(0) and stage.quiet(1)
+    for seq, off in enumerate(range(0, len(data), 1 << 20)):  # the re-read starts at seq 0
+        out += stage.handle(0, DataSegment(seq=seq, offset=off, data=data[off:off + (1 << 20)], **ev))
+    out += stage.handle(0, FileEnd(size=len(data), segments=3, consistent=True, **ev))
+    assert stage.quiet(0)
+    chunks = [e.event for e in out if isinstance(e.event, Chunk)]
+    assert b"".join(c.data for c in chunks) == data
+    assert [c.data for c in chunks] == list(chunk_stream(io.BytesIO(data)))
+    [manifest] = [e.event for e in out if isinstance(e.event, FileManifest)]
+    assert manifest.blobs == tuple(c.blob_id for c in chunks) and manifest.node.size == len(data)
+    # the end marker goes to every chunks partition and, keyed by snapshot, to files
+    fwd = list(stage.handle(2, marker("end", 3)))
+    assert [(e.topic, e.partition) for e in fwd] == [("chunks", 0), ("chunks", 1), ("chunks", 2),
+                                                     ("chunks", 3), ("files", None)]
+    assert {e.event.source_partition for e in fwd} == {2} and fwd[-1].key == b"s1"  # type: ignore[union-attr]
+
+
+def test_chunker_rejects_segments_out_of_order() -> None:
+    stage = ChunkStage(chunk_partitions=1)
+    ev = dict(host="h", snapshot_id="s1", path=b"/srv/f")
+    list(stage.handle(0, FileBegin(node=META, **ev)))
+    with pytest.raises(RejectedEventError, match="expected 0"):
+        list(stage.handle(0, DataSegment(seq=1, offset=5, data=b"x", **ev)))
+    with pytest.raises(RejectedEventError, match="announced"):
+        list(stage.handle(0, FileEnd(size=9, segments=2, consistent=True, **ev)))
+
+
+def test_packer_acknowledges_only_with_markers_from_every_captures_partition(repo: Repository) -> None:
+    stage = PackStage(repo, chunk_partitions=2)
+    data = os.urandom(10_000)
+    blob = hashlib.sha256(data).digest()
+    chunk = Chunk(blob_id=blob, snapshot_id="s1", data=data, source_partition=0)
+    assert list(stage.handle(1, chunk)) == [] and list(stage.handle(1, chunk)) == []
+    assert not repo.has_blob(blob, BlobType.DATA)  # not durable yet
+    assert list(stage.handle(1, marker("end", 2, source=0))) == []
+    [ack] = list(stage.handle(1, marker("end", 2, source=1)))
+    assert ack.topic == "stored" and ack.event == BarrierAck(snapshot_id="s1", packer_partition=1,
+                                                             durable=True, partition_count=2)
+    assert repo.has_blob(blob, BlobType.DATA) and stage.blobs_stored == 1  # stored once
+    with pytest.raises(RejectedEventError, match="does not match"):
+        list(stage.handle(1, Chunk(blob_id=blob, snapshot_id="s1", data=b"other", source_partition=0)))
+    stage.close()
+
+
+def test_the_three_stages_chained_commit_a_snapshot_only_after_every_ack(tmp_path: Path,
+                                                                         repo: Repository) -> None:
+    src = tmp_path / "srv"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.bin").write_bytes(os.urandom(1_500_000))
+    (src / "b.txt").write_text("hello\n")
+    captures: list[Event] = [marker("begin", 1)]
+    scan([str(src)], "h", "s1", captures.append)
+    captures.append(replace_paths(marker("end", 1), str(src)))
+    chunker, packer, committer = ChunkStage(2), PackStage(repo, 2), CommitStage(repo)
+    to_chunks: list[Emit] = []
+    to_files: list[Emit] = []
+    for ev in captures:
+        for e in chunker.handle(0, decode(encode(ev))):  # through the wire format, too
+            (to_chunks if e.topic == "chunks" else to_files).append(e)
+    acks = []
+    for e in to_chunks:
+        part = e.partition if e.partition is not None else e.event.blob_id[0] % 2  # type: ignore[union-attr]
+        acks += packer.handle(part, e.event)
+    assert len(acks) == 2
+    done: list[Emit] = []
+    for e in to_files:
+        done += committer.handle(0, e.event)
+    done += committer.handle(0, acks[0].event)
+    assert done == [] and not committer.idle()  # one packer partition has not acknowledged
+    done += committer.handle(0, acks[1].event)
+    [committed] = [e.event for e in done]
+    assert committer.idle() and committed.files == 2  # type: ignore[union-attr]
+    snap = repo.load_snapshot(committed.restic_id)  # type: ignore[union-attr]
+    assert snap.hostname == "h" and snap.paths == [str(src)]
+    node = None
+    tree = snap.tree
+    for name in os.fsencode(str(src)).strip(b"/").split(b"/"):  # absolute paths nest
+        node = next(n for n in repo.load_tree(tree) if n.name == name)
+        tree = node.subtree  # type: ignore[assignment]
+    names = sorted(n.name for n in repo.load_tree(tree))
+    assert names == [b"b.txt", b"sub"]
+
+
+def replace_paths(m: SnapshotMarker, path: str) -> SnapshotMarker:
+    from dataclasses import replace
+    return replace(m, paths=(path,))
+
+
+def test_a_snapshot_whose_blobs_are_missing_is_rejected_not_committed(repo: Repository) -> None:
+    stage = CommitStage(repo)
+    manifest = FileManifest(snapshot_id="s1", path=b"/srv/f", node=META, blobs=(b"\x07" * 32,))
+    for ev in (manifest, marker("end", 1, source=0)):
+        assert list(stage.handle(0, ev)) == []
+    with pytest.raises(RejectedEventError, match="not in the index"):
+        list(stage.handle(0, BarrierAck(snapshot_id="s1", packer_partition=0, durable=True,
+                                        partition_count=1)))
+    assert stage.idle() and repo.list_snapshots() == []
+
+
+def test_an_abandoned_snapshot_expires_and_the_committer_is_idle_again(repo: Repository) -> None:
+    import time
+
+    stage = CommitStage(repo, abandon_after=60)
+    manifest = FileManifest(snapshot_id="dead-run", path=b"/srv/f", node=META, blobs=())
+    list(stage.handle(0, manifest))  # its agent died: no end marker will come
+    assert stage.expire(time.monotonic() + 30) == [] and not stage.idle()
+    assert stage.expire(time.monotonic() + 61) == ["dead-run"] and stage.idle()
+
+
+def test_the_agent_scan_sends_ancestors_entries_and_segments_in_order(tmp_path: Path) -> None:
+    import socket as so
+
+    src = tmp_path / "srv"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "big").write_bytes(os.urandom((1 << 20) + 10))
+    s = so.socket(so.AF_UNIX)
+    s.bind(str(src / "sock"))  # restic records no sockets
+    s.close()
+    events: list[Event] = []
+    summary = scan([str(src / "d"), str(src)], "h", "s1", events.append)
+    begins = [e.path for e in events if isinstance(e, FileBegin)]
+    anc = [os.fsencode("/" + "/".join(str(src).strip("/").split("/")[:i]))
+           for i in range(1, len(str(src).strip("/").split("/")))]
+    assert begins == anc + [os.fsencode(str(p)) for p in (src, src / "d", src / "d" / "big")]
+    segs = [e for e in events if isinstance(e, DataSegment)]
+    assert [(g.seq, g.offset, len(g.data)) for g in segs] == [(0, 0, 1 << 20), (1, 1 << 20, 10)]
+    [end] = [e for e in events if isinstance(e, FileEnd) and e.path.endswith(b"/big")]
+    assert (end.size, end.segments, end.consistent) == ((1 << 20) + 10, 2, True)
+    assert summary.files == 1 and summary.errors == []
