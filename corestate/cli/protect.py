@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from types import FrameType
 
@@ -21,21 +22,41 @@ from corestate.cli.main import cli
                    "repository itself are always skipped. Repeatable.")
 @click.option("--tag", "tags", multiple=True, help="Tag every snapshot (repeatable).")
 @click.option("--host", help="Hostname recorded in the snapshots.")
+@click.option("--alerts", "alerts_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Watch for ransomware-like changes (needs corestate[models]); append "
+                   "alerts to FILE as JSON lines, lock the last clean snapshot against "
+                   "forget/prune and raise the capture cadence on an alert. See `corestate "
+                   "alerts`.")
 @pass_ctx
 def protect(ctx: Context, paths: tuple[str, ...], interval: float, excludes: tuple[str, ...],
-            tags: tuple[str, ...], host: str | None) -> None:
+            tags: tuple[str, ...], host: str | None, alerts_file: str | None) -> None:
     """Protect PATHS continuously: a catch-up snapshot now, then one within seconds of
     every change.
 
     Watches with inotify; after a change only the changed directories are read again.
     SIGTERM or Ctrl-C commits what is pending, then exits. With --json, prints one JSON
-    object per snapshot.
+    object per snapshot (and, with --alerts, one per alert).
     """
     repo = ctx.open_repo()
-    protector = Protector(repo, ProtectOptions(list(paths), list(excludes), list(tags),
-                                               interval=interval, hostname=host,
-                                               block_store=ctx.block_store(repo)),
-                          on_point=lambda p: _report(ctx, p),
+    block_store = ctx.block_store(repo)
+    opts = ProtectOptions(list(paths), list(excludes), list(tags), interval=interval,
+                          hostname=host, block_store=block_store)
+    sentinel = None
+    if alerts_file:
+        from corestate.agents.sentinel import Sentinel, SentinelOptions
+
+        state = os.path.join(os.path.dirname(block_store.directory), "detector.pkl")
+        sentinel = Sentinel(repo, opts, SentinelOptions(alerts_file=os.path.abspath(alerts_file),
+                                                        state_path=state),
+                            on_alert=lambda a: _report_alert(ctx, a))
+
+    def on_point(point: ConsistencyPoint) -> None:
+        _report(ctx, point)
+        if sentinel is not None:
+            sentinel.on_point(point)
+
+    protector = Protector(repo, opts, on_point=on_point,
+                          on_batch=sentinel.on_batch if sentinel is not None else None,
                           on_error=lambda e: ctx.warn(f"snapshot failed, retrying: {e}"))
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -45,7 +66,24 @@ def protect(ctx: Context, paths: tuple[str, ...], interval: float, excludes: tup
     signal.signal(signal.SIGINT, on_signal)
     ctx.info(f"protecting {', '.join(paths)} (snapshots at most every {interval:g}s); "
              "Ctrl-C to stop")
-    protector.run()
+    if sentinel is None:
+        protector.run()
+        return
+    sentinel.start()
+    try:
+        protector.run()
+    finally:
+        sentinel.close()
+
+
+def _report_alert(ctx: Context, alert: object) -> None:
+    line = alert.line()  # type: ignore[attr-defined]
+    if ctx.json:
+        ctx.emit({"message_type": "alert", **line})
+    else:
+        ctx.warn(f"ALERT {line['id']}: possible ransomware (score {line['score']:.3f}: "
+                 f"{line['reason']}); clean snapshot {str(line['clean_snapshot'])[:8]} is "
+                 f"locked; {len(line['paths'])} paths, e.g. {', '.join(line['paths'][:3])}")
 
 
 def _report(ctx: Context, point: ConsistencyPoint) -> None:
