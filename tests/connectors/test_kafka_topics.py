@@ -11,16 +11,16 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.kafka_broker import Broker, running_broker
 
 from corestate.connectors import kafka_topics as kt
 from corestate.errors import PermanentError
@@ -132,45 +132,10 @@ def test_cli_passes_librdkafka_settings_through(tmp_path: Path) -> None:
 
 # -- on a real broker ------------------------------------------------------------------
 
-@dataclass
-class Broker:
-    port: int
-    cport: int
-    data: Path
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def script(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.cport),
-               "KAFKA_DATA_DIR": str(self.data), "PYTHON": sys.executable}
-        return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                              timeout=timeout, cwd="/")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     pytest.importorskip("confluent_kafka", reason="pip install 'corestate[kafka]'")
-    port, cport = free_ports(2)
-    b = Broker(port, cport, tmp_path_factory.mktemp("kafka") / "data")
-    proc = b.script("start")
-    assert proc.returncode == 0, f"broker.sh start exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-    try:
-        yield b
-    finally:
-        b.script("stop", timeout=120)
+    yield from running_broker(tmp_path_factory)
 
 
 def prefix() -> str:

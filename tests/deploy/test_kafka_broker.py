@@ -13,76 +13,29 @@ import hashlib
 import os
 import socket
 import struct
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import pytest
 
+from tests.kafka_broker import Broker, running_broker
+
 pytest.importorskip("confluent_kafka", reason="pip install 'corestate[kafka]'")
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition  # noqa: E402
-from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from confluent_kafka.admin import NewTopic  # noqa: E402
 
 pytestmark = pytest.mark.kafka
 
-SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "broker.sh"
 MiB = 1 << 20
-
-
-@dataclass
-class Broker:
-    port: int
-    cport: int
-    data: Path
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @cached_property
-    def admin(self) -> AdminClient:
-        # Kept for the module: an AdminClient destroyed early fails its pending futures.
-        return AdminClient({"bootstrap.servers": self.bootstrap})
-
-    def script(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        """Run the script for this broker; the first start also fetches the jars."""
-        env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.cport),
-               "KAFKA_DATA_DIR": str(self.data), "PYTHON": sys.executable}
-        return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                              timeout=timeout, cwd="/")
-
-    def start(self) -> subprocess.CompletedProcess[str]:
-        proc = self.script("start")
-        assert proc.returncode == 0, f"broker.sh start exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-        return proc
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    port, cport = free_ports(2)
-    b = Broker(port, cport, tmp_path_factory.mktemp("kafka") / "data")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.script("stop", timeout=120)
+    yield from running_broker(tmp_path_factory)
 
 
 def create_topic(b: Broker, partitions: int = 1) -> str:
