@@ -31,9 +31,9 @@ held-out day,
   incremental LOF misses five of the seven styles and costs ~10 ms per window (~100x).
 - The SVM separates with more headroom and is cheaper, but it is a linear model trained
   by SGD, and this detector keeps learning on the host: after living through four more
-  simulated days online, its weights had drifted and it missed encrypt-to-new-file and
-  rename-to-new-extension attacks. HST still detected all seven at the first file, with
-  no false alarm in those four days. Its state is a fixed set of random trees whose
+  simulated days online, its weights had drifted and it missed every attack style at
+  its calibrated threshold. HST still detected all seven at the first file, with no
+  false alarm in those four days. Its state is a fixed set of random trees whose
   reference masses are rebuilt every ``window_size`` windows: adaptation moves what is
   dense, never which directions are watched.
 - HST costs constant time (~120 µs per window) and fixed memory (trees x 2^height nodes,
