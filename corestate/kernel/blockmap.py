@@ -27,7 +27,6 @@ import array
 import os
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 import xxhash
 
 from corestate.errors import IntegrityError
+from corestate.kernel.atomic import write_atomic
 
 __all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_READ_SIZE", "BlockMap", "BlockMapStore",
            "changed_blocks", "read_blocks", "scan"]
@@ -221,24 +221,8 @@ class BlockMapStore:
     def save(self, block_map: BlockMap) -> None:
         """Store ``block_map``: temp file, fsync, rename over the old one, fsync dir."""
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_SUFFIX, dir=self.directory)
-        try:
-            with open(fd, "wb") as f:
-                f.write(block_map.to_bytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path(block_map.dev, block_map.ino))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self._path(block_map.dev, block_map.ino), block_map.to_bytes(),
+                     _TMP_PREFIX, _SUFFIX)
 
     def delete(self, dev: int, ino: int) -> None:
         """Forget the map of (dev, ino); no error if there is none."""

@@ -59,13 +59,13 @@ import importlib.resources
 import math
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from river import anomaly, base, compose, preprocessing
 
 from corestate.errors import PermanentError
+from corestate.kernel.atomic import write_atomic
 from corestate.models.features import FEATURE_NAMES, LIMITS
 
 CHECKPOINT_FORMAT = 1
@@ -255,21 +255,8 @@ class Detector:
         path = os.fspath(path)
         doc = {"format": CHECKPOINT_FORMAT, "river": importlib.metadata.version("river"),
                "features": FEATURE_NAMES, "detector": self}
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".detector-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(doc, f, protocol=pickle.HIGHEST_PROTOCOL)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write_atomic(path, pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL), ".detector-")
 
     @classmethod
     def loads(cls, data: bytes, what: str) -> Detector:
