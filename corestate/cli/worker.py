@@ -1,26 +1,23 @@
-"""``corestate worker``: run stages of distributed mode as Kafka consumer groups (see
+"""``corestate worker``: run stages of distributed mode as agents of a faust-streaming app (see
 docs/distributed.md). Any number of workers may run; each role's partitions are shared
 among the workers that run it. SIGTERM or Ctrl-C stops a worker after a checkpoint.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
-
 import click
 
 from corestate.cli.context import Context, pass_ctx
 from corestate.cli.main import cli
 from corestate.connectors.kafka_topics import DEFAULT_PREFIX, client_config
-from corestate.errors import PermanentError
 
 
 @cli.command()
 @click.option("--bootstrap", metavar="HOST:PORT[,...]",
               help="Kafka bootstrap servers (else CORESTATE_KAFKA_BOOTSTRAP_SERVERS).")
 @click.option("--roles", default="chunk,pack,commit", show_default=True,
-              help="Comma-separated roles to run in this process: chunk, pack, commit.")
+              help="Comma-separated roles to run in this process: chunk, pack, commit, guard "
+                   "(protects the clean snapshot an alert names).")
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Topic name prefix.")
 @click.option("--kafka-config", type=click.Path(dir_okay=False), metavar="FILE",
               help="librdkafka settings as a properties file.")
@@ -32,25 +29,18 @@ def worker(ctx: Context, bootstrap: str | None, roles: str, prefix: str,
            kafka_config: str | None, abandon_after: float) -> None:
     """Chunk, store and commit what agents publish into the repository (--repo), until
     stopped."""
-    from corestate.connectors.kafka_runner import ROLES, run_worker
+    from corestate.connectors.kafka_runner import roles_of, run_worker
 
-    wanted = [r.strip() for r in roles.split(",") if r.strip()]
-    unknown = [r for r in wanted if r not in ROLES]
-    if unknown or not wanted:
-        raise PermanentError(f"--roles takes {', '.join(ROLES)}, not {roles!r}")
+    wanted = roles_of(roles)
     client = client_config(kafka_config, bootstrap=bootstrap)
-    if not ctx.verbose:
-        client.setdefault("log_level", "2")
-    need_repo = any(r in ("pack", "commit") for r in wanted)
+    need_repo = any(r != "chunk" for r in wanted)
     password = ctx.password() if need_repo else ""
     if need_repo:
         ctx.open_repo()  # fail now on a wrong URL or password
     from corestate.connectors.url import open_backend
     from corestate.repository.repository import Repository
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     ctx.info(f"worker running {', '.join(wanted)} on {client['bootstrap.servers']}")
     run_worker(client, wanted, lambda: Repository.open(open_backend(ctx.url()), password),
-               prefix=prefix, stop=stop, abandon_after=abandon_after)
+               prefix=prefix, abandon_after=abandon_after,
+               loglevel="INFO" if ctx.verbose else "WARNING")

@@ -1,254 +1,380 @@
-"""The distributed runner: each stage of :mod:`corestate.pipeline.stages` as a Kafka
-consumer group, with confluent-kafka.
+"""The distributed runner: the stages of :mod:`corestate.pipeline.stages` as agents of one
+faust-streaming app.
 
 Terms:
 
-- a *role* is one stage run by one consumer: ``chunk`` reads ``captures``, ``pack`` reads
-  ``chunks``, ``commit`` reads ``files`` and ``stored``. Each role has its own consumer
-  group (``<prefix>.worker.<role>``), so any number of worker processes share a role's
-  partitions, and its own idempotent producer;
-- the *position* of a partition is the offset after the last record handled; a *safe*
-  position is one whose records are no longer needed: everything the stage did with
-  them is durable. Offsets are committed only up to safe positions (at least once):
+- the *app* is a :class:`faust.App` with id ``<prefix>.worker``: that id is the Kafka
+  consumer group of every worker process, whatever roles it runs (faust's assignor gives
+  a topic's partitions only to the members that subscribe to it, and gives partition *p*
+  of co-subscribed topics with equal partition counts to one member);
+- a *role* is one faust agent wrapping one stage: ``chunk`` reads ``captures``, ``pack``
+  reads ``chunks``, ``commit`` reads ``files`` and ``stored`` together (both keyed by
+  snapshot id, so partition *p* of both reaches one committer), ``guard`` reads
+  ``alerts`` and protects the clean snapshot an alert names;
+- the *share* of a packer is the faust table ``blobs`` (blob id → pack id), restored from
+  its changelog topic ``<prefix>.worker-blobs-changelog`` when a worker (re)gets chunks
+  partitions; it is the packer's exact dedup index (:mod:`corestate.pipeline.share`),
+  beside the roaring prefilter built from it;
+- *acknowledging* a record tells faust it may commit the partition's offset past it.
+  Agents iterate with acks off and acknowledge a record only when it is *safe*, i.e.
+  everything the stage did with it is durable: chunk, once its captures partition has no
+  file half-received; pack, once its packs and index were flushed (at a barrier, or every
+  ``PACK_FLUSH_SECONDS``); commit, once no snapshot is in progress. Faust commits
+  acknowledged offsets every ``COMMIT_SECONDS`` after flushing its producer (every event
+  emitted for them is acknowledged by the broker): at least once. A crash replays from
+  the last committed offsets; replay is harmless because storage writes are
+  content-addressed and the committer does not write a snapshot twice;
+- a record that does not decode, or that its stage rejects, goes to ``<prefix>.dlq`` as a
+  :class:`DeadLetter` with the reason, and is acknowledged; processing goes on.
 
-  1. the stage handles a record and yields events; the runner produces them;
-  2. the role decides which positions are safe: chunk, a captures partition with no
-     file half-received; pack, every position once its packs and index were flushed
-     (at a barrier, or every ``PACK_FLUSH_SECONDS``); commit, every position when no
-     snapshot is in progress;
-  3. at a checkpoint (about every second, and before partitions are revoked) the
-     producer is flushed (every emitted event acknowledged), then the safe positions
-     are committed.
+On a rebalance (faust's is eager: every partition is revoked, then the new set assigned
+and read from its committed offsets) each role makes what it can durable, acknowledges
+what is safe, commits, and resets its stage. On SIGTERM or Ctrl-C the same happens
+before the worker leaves the group.
 
-  A crash replays from the last committed offsets; replay is harmless because storage
-  writes are content-addressed and the committer does not write a snapshot twice;
-- a record that does not decode, or that its stage rejects, goes to ``<prefix>.dlq`` as
-  a :class:`DeadLetter` with the reason; the runner goes on with the next record.
-
-On a rebalance (eager: every partition is revoked, then the new set assigned and read
-from its committed offsets) a role checkpoints, then resets its stage's state.
+Workers running ``pack`` or ``commit`` hold a non-exclusive repository lock while they
+run, so ``prune`` (exclusive) waits for them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import Any
 
-from corestate.connectors.kafka_topics import PRODUCER_DEFAULTS, key_for, spec
-from corestate.errors import PermanentError, RetryableError
+from corestate.connectors.kafka_topics import key_for, spec
+from corestate.errors import CoreStateError, PermanentError, RetryableError
+from corestate.pipeline.share import IndexShare
 from corestate.pipeline.stages import (ChunkStage, CommitStage, Emit, PackStage,
                                        RejectedEventError)
 from corestate.repository.repository import Repository
 from corestate.schemas.codec import decode, encode
 from corestate.schemas.errors import UndecodableEventError
-from corestate.schemas.events import DeadLetter
+from corestate.schemas.events import DeadLetter, SnapshotMarker
 
 log = logging.getLogger(__name__)
 
-ROLES = ("chunk", "pack", "commit")
-INPUTS = {"chunk": ("captures",), "pack": ("chunks",), "commit": ("files", "stored")}
-CHECKPOINT_SECONDS = 1.0
+ROLES = ("chunk", "pack", "commit", "guard")
+INPUTS = {"chunk": ("captures",), "pack": ("chunks",), "commit": ("files", "stored"),
+          "guard": ("alerts",)}
+COMMIT_SECONDS = 1.0
 PACK_FLUSH_SECONDS = 30.0
+SESSION_TIMEOUT = 10.0  # a killed worker's partitions move after this long
 
 
-class RoleRunner:
-    """One role: a consumer, a producer and a stage, driven by :meth:`run` in one thread."""
+class Role:
+    """One role's stage, its unacknowledged records, and the rules for acknowledging them.
 
-    def __init__(self, role: str, client: Mapping[str, str], prefix: str,
-                 open_repo: Callable[[], Repository], stop: threading.Event,
-                 abandon_after: float = 3600.0) -> None:
-        from confluent_kafka import Consumer, KafkaException, Producer
+    ``handle`` and the periodic/rebalance hooks run on the app's event loop and take
+    ``lock`` so that a stage is never used by two of them at once."""
 
-        if role not in ROLES:
-            raise PermanentError(f"unknown role {role!r}: choose from {', '.join(ROLES)}")
-        self.role = role
-        self.prefix = prefix
-        self.stop = stop
-        self.topics = {spec(s).name(prefix): s for s in INPUTS[role]}
-        self.producer = Producer({**PRODUCER_DEFAULTS,
-                                  "message.max.bytes": str(spec("dlq").max_message_bytes),
-                                  "linger.ms": "5", **client})
-        self.consumer = Consumer({"group.id": f"{prefix}.worker.{role}",
-                                  "enable.auto.commit": "false",
-                                  "auto.offset.reset": "earliest",
-                                  "fetch.max.bytes": str(64 << 20),
-                                  "max.partition.fetch.bytes": str(16 << 20),
-                                  "session.timeout.ms": "6000",
-                                  "heartbeat.interval.ms": "1000",
-                                  # the committer must own partition p of files and of stored
-                                  # together (both keyed by snapshot id): range does that
-                                  "partition.assignment.strategy": "range",
-                                  **client})
-        chunk_topic = spec("chunks").name(prefix)
-        try:
-            meta = self.consumer.list_topics(timeout=30).topics
-        except KafkaException as exc:
-            raise RetryableError(f"cannot reach Kafka at {client.get('bootstrap.servers')}: "
-                                 f"{exc.args[0].str()}") from None
-        missing = [t for t in (*self.topics, chunk_topic) if t not in meta]
-        if missing:
-            raise PermanentError(f"topics {', '.join(missing)} do not exist: run "
-                                 "`corestate topics create`")
-        chunk_partitions = len(meta[chunk_topic].partitions)
-        self.stage: ChunkStage | PackStage | CommitStage
-        if role == "chunk":
-            self.stage = ChunkStage(chunk_partitions)
-        elif role == "pack":
-            self.stage = PackStage(open_repo(), chunk_partitions)
-        else:
-            self.stage = CommitStage(open_repo(), abandon_after)
-        self._position: dict[tuple[str, int], int] = {}
-        self._safe: dict[tuple[str, int], int] = {}
-        self._committed: dict[tuple[str, int], int] = {}
+    def __init__(self, name: str, stage: Any, send: Callable[[Emit], Any],
+                 fail: Callable[[BaseException], None]) -> None:
+        self.name = name
+        self.stage = stage
+        self._send = send
+        self._fail = fail
+        self.lock = asyncio.Lock()
+        # faust events handled, not yet acknowledged, each with the snapshot id if it is
+        # an end marker
+        self._pending: list[tuple[Any, str | None]] = []
         self._last_flush = time.monotonic()
-        self.failures: list[str] = []
+        self._seen_flushes = 0
+        self.generation = 0                    # bumped when partitions move
         self.dead_letters = 0
 
-    # -- producing -----------------------------------------------------------------------
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self.failures.append(str(err))
-
-    def _produce(self, topic: str, value: bytes, key: bytes | None, partition: int | None) -> None:
-        while True:
+    async def handle(self, event: Any) -> None:
+        msg = event.message
+        async with self.lock:
+            generation = self.generation
+            barrier = None
             try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=self._delivered,
-                                      partition=-1 if partition is None else partition)
-                break
-            except BufferError:
-                self.producer.poll(0.1)
-        self.producer.poll(0)
+                decoded = decode(msg.value or b"")
+                if isinstance(decoded, SnapshotMarker) and decoded.kind == "end":
+                    barrier = decoded.snapshot_id
+                emits = list(self.stage.handle(msg.partition, decoded))
+            except (UndecodableEventError, RejectedEventError) as exc:
+                emits = [self._dead_letter(msg, getattr(exc, "reason", None) or str(exc))]
+            except Exception as exc:  # storage away, a bug: stop; unacknowledged is replayed
+                self._fail(exc)
+                return
+            for emit in emits:
+                await self._send(emit)
+            if generation != self.generation:
+                return  # partitions moved meanwhile: the new owner replays this record
+            self._pending.append((event, barrier))
+            self._settle(msg.partition)
 
-    def _emit(self, emit: Emit) -> None:
-        key = emit.key if emit.key is not None else key_for(emit.event)
-        self._produce(spec(emit.topic).name(self.prefix), encode(emit.event), key, emit.partition)
-
-    def _dead_letter(self, msg: Any, reason: str) -> None:
-        log.warning("%s[%d]@%d to the dead-letter topic: %s", msg.topic(), msg.partition(),
-                    msg.offset(), reason)
+    def _dead_letter(self, msg: Any, reason: str) -> Emit:
+        log.warning("%s[%d]@%d to the dead-letter topic: %s", msg.topic, msg.partition,
+                    msg.offset, reason)
         self.dead_letters += 1
-        self._emit(Emit("dlq", DeadLetter(topic=msg.topic(), partition=msg.partition(),
-                                          offset=msg.offset(), reason=reason,
-                                          time=datetime.now(timezone.utc), key=msg.key(),
-                                          value=msg.value())))
+        return Emit("dlq", DeadLetter(topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                                      reason=reason, time=datetime.now(timezone.utc),
+                                      key=msg.key, value=msg.value))
 
-    # -- the loop --------------------------------------------------------------------------
-    def run(self) -> None:
-        self.consumer.subscribe(list(self.topics), on_revoke=self._on_revoke)
-        last = time.monotonic()
-        try:
-            while not self.stop.is_set():
-                for msg in self.consumer.consume(num_messages=64, timeout=0.2):
-                    if msg.error():
-                        log.warning("%s: %s", self.role, msg.error())
-                        continue
-                    self._handle(msg)
-                if self.role == "pack" and self._position != self._safe \
-                        and time.monotonic() - self._last_flush > PACK_FLUSH_SECONDS:
-                    self._pack_flushed()
-                if time.monotonic() - last > CHECKPOINT_SECONDS:
-                    if isinstance(self.stage, CommitStage):
-                        for snapshot_id in self.stage.expire():
-                            log.warning("snapshot %s abandoned: nothing received for %.0fs",
-                                        snapshot_id, self.stage.abandon_after)
-                        if self.stage.idle():
-                            self._safe = dict(self._position)
-                    self.checkpoint()
-                    last = time.monotonic()
-            if self.role == "pack":
-                self._pack_flushed()
-            self.checkpoint()
-        finally:
-            self.consumer.close()
-            if isinstance(self.stage, PackStage):
-                self.stage.packer.close()
+    def _ack(self, keep: Callable[[Any], bool] = lambda _e: False) -> None:
+        """Acknowledge the pending records except those ``keep`` holds back. The packer
+        also holds back, per partition, everything from the first end marker of a barrier
+        still incomplete: the markers seen are not durable, so they must be replayed."""
+        held: set[int] = set()
+        still = []
+        for event, barrier in self._pending:
+            partition = event.message.partition
+            if barrier is not None and isinstance(self.stage, PackStage) \
+                    and self.stage.waiting(barrier, partition):
+                held.add(partition)
+            if partition in held or keep(event):
+                still.append((event, barrier))
+            else:
+                event.ack()
+        self._pending = still
 
-    def _handle(self, msg: Any) -> None:
-        where = (msg.topic(), msg.partition())
-        try:
-            event = decode(msg.value() or b"")
-            for emit in self.stage.handle(msg.partition(), event):
-                self._emit(emit)
-        except (UndecodableEventError, RejectedEventError) as exc:
-            self._dead_letter(msg, getattr(exc, "reason", None) or str(exc))
-        self._position[where] = msg.offset() + 1
+    def _settle(self, partition: int) -> None:
         stage = self.stage
         if isinstance(stage, ChunkStage):
-            if stage.quiet(msg.partition()):
-                self._safe[where] = msg.offset() + 1
+            if stage.quiet(partition):
+                self._ack(keep=lambda e: e.message.partition != partition)
         elif isinstance(stage, PackStage):
-            if stage.flushes != getattr(self, "_seen_flushes", 0):
-                self._seen_flushes = stage.flushes
-                self._safe = dict(self._position)
-                self._last_flush = time.monotonic()
-        elif stage.idle():
-            self._safe = dict(self._position)
+            if stage.flushes != self._seen_flushes:
+                self._flushed()
+        elif isinstance(stage, CommitStage):
+            if stage.idle():
+                self._ack()
+        else:
+            self._ack()
 
-    def _pack_flushed(self) -> None:
-        assert isinstance(self.stage, PackStage)
-        self.stage.flush()
+    def _flushed(self) -> None:
         self._seen_flushes = self.stage.flushes
-        self._safe = dict(self._position)
         self._last_flush = time.monotonic()
+        self._ack()
 
-    def checkpoint(self) -> None:
-        """Flush the producer, then commit the safe positions not yet committed."""
-        from confluent_kafka import KafkaException, TopicPartition
-
-        todo = {k: v for k, v in self._safe.items() if self._committed.get(k) != v}
-        while self.producer.flush(1.0) > 0:
-            if self.stop.is_set() and not todo:
-                break
-        if self.failures:
-            raise PermanentError(f"{self.role}: {len(self.failures)} records not delivered: "
-                                 f"{self.failures[0]}")
-        if todo:
-            try:
-                self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in todo.items()],
-                                     asynchronous=False)
-            except KafkaException as exc:  # broker away or group rebalancing: next time
-                log.warning("%s: offsets not committed yet: %s", self.role, exc.args[0])
-                return
-            self._committed.update(todo)
-
-    def _on_revoke(self, _consumer: Any, _partitions: Sequence[Any]) -> None:
+    def make_durable(self) -> None:
+        """Flush what the stage holds if that makes records safe (the packer's packs)."""
         if isinstance(self.stage, PackStage):
-            self._pack_flushed()
-        try:
-            self.checkpoint()
-        except Exception as exc:  # the new owner replays: nothing is lost
-            log.warning("%s: checkpoint at revoke failed: %s", self.role, exc)
-        self.stage.reset()
-        self._position.clear()
-        self._safe.clear()
-        self._committed.clear()
+            self.stage.flush()
+            self._flushed()
+
+    async def tick(self) -> None:
+        """Periodic work: the packer's time-based flush, the committer's expiry."""
+        async with self.lock:
+            stage = self.stage
+            if isinstance(stage, PackStage) and self._pending \
+                    and time.monotonic() - self._last_flush > PACK_FLUSH_SECONDS:
+                self.make_durable()
+            elif isinstance(stage, CommitStage):
+                for snapshot_id in stage.expire():
+                    log.warning("snapshot %s abandoned: nothing received for %.0fs",
+                                snapshot_id, stage.abandon_after)
+                if stage.idle():
+                    self._ack()
+
+    async def partitions_revoked(self) -> None:
+        """Make durable and acknowledge what can be, then forget the rest: its records
+        are not committed, so the partitions' new owner replays them."""
+        async with self.lock:
+            self.make_durable()
+            if isinstance(self.stage, ChunkStage):
+                self._ack(keep=lambda e: not self.stage.quiet(e.message.partition))
+            elif isinstance(self.stage, CommitStage) and self.stage.idle():
+                self._ack()
+            self._pending.clear()
+            self.stage.reset()
+            self.generation += 1
+
+    def close(self) -> None:
+        if isinstance(self.stage, PackStage):
+            self.stage.close()
+
+
+def faust_settings(client: Mapping[str, str]) -> dict[str, Any]:
+    """faust's connection settings from librdkafka-style ``client`` properties (the
+    ``--kafka-config`` file and ``CORESTATE_KAFKA_*``): bootstrap servers, TLS, SASL,
+    producer compression. Other librdkafka properties do not apply to the worker."""
+    import faust
+
+    servers = [s.strip() for s in client["bootstrap.servers"].split(",") if s.strip()]
+    out: dict[str, Any] = {"broker": [f"kafka://{s}" for s in servers]}
+    protocol = client.get("security.protocol", "PLAINTEXT").upper()
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=client.get("ssl.ca.location"))
+        if client.get("ssl.certificate.location"):
+            context.load_cert_chain(client["ssl.certificate.location"],
+                                    client.get("ssl.key.location"), client.get("ssl.key.password"))
+        if client.get("enable.ssl.certificate.verification", "true").lower() == "false":
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    if protocol.startswith("SASL"):
+        out["broker_credentials"] = faust.SASLCredentials(
+            username=client.get("sasl.username"), password=client.get("sasl.password"),
+            mechanism=client.get("sasl.mechanism", "PLAIN").upper(), ssl_context=context)
+    elif context is not None:
+        out["broker_credentials"] = faust.SSLCredentials(context)
+    elif protocol != "PLAINTEXT":
+        raise PermanentError(f"security.protocol={protocol} is not supported by the worker")
+    if client.get("compression.type", "none") != "none":
+        out["producer_compression_type"] = client["compression.type"]
+    return out
+
+
+def _topic_layout(client: Mapping[str, str], prefix: str, roles: Sequence[str]) -> tuple[int, int]:
+    """Check the topics the roles need exist; (chunks partitions, chunks replication)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({k: v for k, v in client.items()
+                         if k not in ("compression.type", "linger.ms", "acks")})
+    try:
+        meta = admin.list_topics(timeout=30).topics
+    except KafkaException as exc:
+        raise RetryableError(f"cannot reach Kafka at {client.get('bootstrap.servers')}: "
+                             f"{exc.args[0].str()}") from None
+    wanted = {spec(s).name(prefix) for r in roles for s in (*INPUTS[r], "chunks", "dlq")}
+    missing = sorted(t for t in wanted if t not in meta)
+    if missing:
+        raise PermanentError(f"topics {', '.join(missing)} do not exist: run `corestate topics create`")
+    chunks = meta[spec("chunks").name(prefix)].partitions
+    return len(chunks), max(1, len(chunks[0].replicas))
+
+
+def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callable[[], Repository],
+              prefix: str, abandon_after: float, resources: ExitStack,
+              fail: Callable[[BaseException], None]) -> tuple[Any, list[Role]]:
+    """The faust app running ``roles``; repositories are opened (and locked) on
+    ``resources``; ``fail`` is told of an error that must stop the worker."""
+    import faust
+
+    for r in roles:
+        if r not in ROLES:
+            raise PermanentError(f"unknown role {r!r}: choose from {', '.join(ROLES)}")
+    chunk_partitions, replication = _topic_layout(client, prefix, roles)
+    biggest = max(spec(s).max_message_bytes for s in ("chunks", "captures", "dlq"))
+    app = faust.App(
+        f"{prefix}.worker", **faust_settings(client), store="memory://", web_enabled=False,
+        autodiscover=False, topic_replication_factor=replication,
+        topic_partitions=chunk_partitions,
+        broker_session_timeout=SESSION_TIMEOUT, broker_heartbeat_interval=2.0,
+        broker_commit_interval=COMMIT_SECONDS, broker_commit_every=10_000,
+        consumer_auto_offset_reset="earliest", consumer_max_fetch_size=biggest * 4,
+        producer_max_request_size=biggest, producer_acks=-1,
+        stream_buffer_maxsize=64, stream_wait_empty=False, stream_recovery_delay=0.5,
+        stream_ack_exceptions=False, stream_ack_cancelled_tasks=False)
+
+    def topic(suffix: str) -> Any:
+        return app.topic(spec(suffix).name(prefix), key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw", internal=False)
+
+    outputs: dict[str, Any] = {}
+
+    async def send(emit: Emit) -> None:
+        if emit.topic not in outputs:
+            outputs[emit.topic] = topic(emit.topic)
+        key = emit.key if emit.key is not None else key_for(emit.event)
+        await outputs[emit.topic].send(key=key, value=encode(emit.event), partition=emit.partition)
+
+    def repo() -> Repository:
+        r = open_repo()
+        resources.enter_context(r.locked(exclusive=False))
+        return r
+
+    built: list[Role] = []
+    for name in roles:
+        if name == "chunk":
+            stage: Any = ChunkStage(chunk_partitions)
+        elif name == "pack":
+            table = app.Table("blobs", partitions=chunk_partitions, help="packer index shares",
+                              schema=faust.Schema(key_type=bytes, value_type=bytes,
+                                                  key_serializer="raw", value_serializer="raw"))
+            share = IndexShare(table.data, set(),
+                               lambda p, b, pack, t=table: t.send_changelog(p, b, pack))
+            stage = PackStage(repo(), chunk_partitions, share)
+        elif name == "commit":
+            stage = CommitStage(repo(), abandon_after)
+        else:
+            from corestate.pipeline.guard import AlertGuard
+            stage = AlertGuard(repo())
+        role = Role(name, stage, send, fail)
+        built.append(role)
+        source = app.topic(*(spec(s).name(prefix) for s in INPUTS[name]), key_type=bytes,
+                           value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+        async def run(stream: Any, role: Role = role) -> None:
+            async for event in stream.noack().events():
+                await role.handle(event)
+
+        app.agent(source, name=f"corestate.{name}", concurrency=1)(run)
+
+    @app.timer(COMMIT_SECONDS)
+    async def tick() -> None:
+        for role in built:
+            await role.tick()
+
+    @app.on_partitions_revoked.connect
+    async def revoked(app: Any, revoked: Any, **_kw: Any) -> None:
+        for role in built:
+            await role.partitions_revoked()
+        await app.producer.flush()
+        await app.consumer.commit()
+
+    return app, built
 
 
 def run_worker(client: Mapping[str, str], roles: Sequence[str], open_repo: Callable[[], Repository],
-               prefix: str = "corestate", stop: threading.Event | None = None,
-               abandon_after: float = 3600.0) -> None:
-    """Run ``roles`` (each in its own thread) until ``stop`` is set or one of them fails;
-    a failure is raised here after the others stopped."""
-    stop = stop or threading.Event()
-    runners = [RoleRunner(r, client, prefix, open_repo, stop, abandon_after) for r in roles]
-    errors: list[BaseException] = []
+               prefix: str = "corestate", abandon_after: float = 3600.0,
+               loglevel: str = "WARNING") -> None:
+    """Run ``roles`` until SIGTERM or Ctrl-C; a stage's failure stops the worker and is
+    raised here."""
+    import faust
 
-    def body(runner: RoleRunner) -> None:
+    failures: list[BaseException] = []
+    workers: list[Any] = []
+
+    def fail(exc: BaseException) -> None:
+        log.error("worker stopping: %s", exc)
+        failures.append(exc)
+        if workers:
+            asyncio.ensure_future(workers[0].stop())
+
+    with ExitStack() as resources:
+        app, built = build_app(client, roles, open_repo, prefix, abandon_after, resources, fail)
+
+        async def drain() -> None:
+            for role in built:
+                async with role.lock:
+                    role.make_durable()
+            try:
+                await app.producer.flush()
+                await app.consumer.commit()
+            except Exception as exc:  # the partitions' next owner replays
+                log.warning("final commit failed: %s", exc)
+
+        class Worker(faust.Worker):
+            async def _stop_on_signal(self, signal: Any) -> None:
+                await drain()
+                await super()._stop_on_signal(signal)
+
+        workers.append(Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False))
         try:
-            runner.run()
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
+            workers[0].execute_from_commandline()
+        except SystemExit:
+            pass
+        finally:
+            for role in built:
+                role.close()
+    for exc in failures:
+        raise exc if isinstance(exc, CoreStateError) else RetryableError(f"worker stopped: {exc}")
 
-    threads = [threading.Thread(target=body, args=(r,), name=f"role-{r.role}") for r in runners]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(0.2)
-    if errors:
-        raise errors[0]
+
+def roles_of(text: str) -> list[str]:
+    """``--roles`` parsed and checked."""
+    wanted = [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in wanted if r not in ROLES]
+    if unknown or not wanted:
+        raise PermanentError(f"--roles takes {', '.join(ROLES)}, not {text!r}")
+    return wanted

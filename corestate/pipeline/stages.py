@@ -16,7 +16,11 @@ only where a stage says it is safe. Terms (see ``docs/distributed.md``):
   (:class:`BarrierAck`) on ``stored``;
 - the committer commits S when it holds the forwarded end markers of S from every
   captures partition (so every manifest of S) and an acknowledgement from every chunks
-  partition (so every blob of S is durable).
+  partition (so every blob of S is durable);
+- S is *incremental* when its markers name a ``parent`` (a committed restic snapshot):
+  S carries only what changed (the markers list the ``rescanned`` directories and the
+  ``removed`` paths), and the committer assembles it onto the parent's trees
+  (:mod:`corestate.pipeline.assemble`); otherwise S is *full*.
 
 A record the stage cannot accept raises :class:`RejectedEventError`; the runner sends it
 to the dead-letter topic and goes on.
@@ -40,11 +44,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from corestate.errors import PermanentError
-from corestate.pipeline.assemble import assemble
+from corestate.errors import IntegrityError, NotFoundError, PermanentError
+from corestate.pipeline.assemble import Parent, assemble, count_files
 from corestate.pipeline.chunk import chunk_stream
 from corestate.pipeline.dedup import DedupIndex, OrdinalTable
 from corestate.pipeline.packer import Packer
+from corestate.pipeline.share import IndexShare
+from corestate.repository.backend import Kind
 from corestate.repository.pack import BlobType
 from corestate.repository.repository import Repository
 from corestate.repository.snapshot import Snapshot
@@ -177,42 +183,70 @@ class ChunkStage:
 class PackStage:
     """Stores the new blobs of its chunks partitions and acknowledges barriers.
 
-    State: the open packs (the repository's :class:`Packer`), the dedup index (the
-    repository's index plus the blobs claimed here; chunks are sharded by blob id, so
-    no other packer stores these blobs meanwhile), and the forwarded end markers seen per
-    snapshot and chunks partition. After :meth:`flush` every blob handed in is durable,
-    so offsets consumed so far may be committed."""
+    State: the open packs (the repository's :class:`Packer`), the dedup index, and the
+    forwarded end markers seen per snapshot and chunks partition. The dedup index's exact
+    part is the repository's index, or, given a ``share`` (:mod:`.share`), that share
+    alone: then the repository index is never loaded, and every blob stored here is
+    recorded in the share once durable. Chunks are sharded by blob id, so no other packer
+    stores these blobs meanwhile. After :meth:`flush` every blob handed in is durable, so
+    offsets consumed so far may be committed."""
 
-    def __init__(self, repo: Repository, chunk_partitions: int) -> None:
+    def __init__(self, repo: Repository, chunk_partitions: int,
+                 share: IndexShare | None = None) -> None:
         self.repo = repo
         self.chunk_partitions = chunk_partitions
         self.packer = Packer(repo)
-        repo.refresh_index()
-        self.dedup = self._new_dedup()
+        self.share = share
+        if share is None:
+            repo.refresh_index()
+        self._dedup: DedupIndex | None = None
+        self._unrecorded: list[tuple[int, bytes]] = []
         self._markers: dict[tuple[str, int], set[int]] = {}
         self.blobs_stored = 0
         self.flushes = 0  # a runner compares it to learn that everything so far is durable
 
-    def _new_dedup(self) -> DedupIndex:
-        return DedupIndex(self.repo.index, OrdinalTable(), self.repo.index.blob_ids())
+    @property
+    def dedup(self) -> DedupIndex:
+        """Built on first use, so that a share restored after :meth:`reset` is complete."""
+        if self._dedup is None:
+            if self.share is None:
+                self._dedup = DedupIndex(self.repo.index, OrdinalTable(), self.repo.index.blob_ids())
+            else:
+                self.share.live_packs = {bytes.fromhex(f.name)
+                                         for f in self.repo.backend.list(Kind.DATA)}
+                self._dedup = DedupIndex(self.share, OrdinalTable(), self.share.blob_ids())
+        return self._dedup
 
     def flush(self) -> None:
         """Write open packs and their index: everything handed in is durable."""
         self.packer.flush()
         self.repo.flush_index()
+        if self.share is not None:
+            for partition, blob_id in self._unrecorded:
+                where = self.repo.index.lookup(blob_id)
+                if where is not None:
+                    self.share.record(partition, blob_id, bytes.fromhex(where.pack))
+        self._unrecorded.clear()
         self.flushes += 1
 
     def reset(self) -> None:
         """Partitions moved: make what was claimed durable, forget barriers in progress,
-        and reload the index (another worker may have stored blobs meanwhile)."""
+        and rebuild the dedup index on next use (another worker may have stored blobs
+        meanwhile: the repository index is reloaded, or the share restored)."""
         self.flush()
         self._markers.clear()
-        self.repo.refresh_index()
-        self.dedup = self._new_dedup()
+        if self.share is None:
+            self.repo.refresh_index()
+        self._dedup = None
 
     def close(self) -> None:
         self.flush()
         self.packer.close()
+
+    def waiting(self, snapshot_id: str, partition: int) -> bool:
+        """Whether the barrier of ``snapshot_id`` on ``partition`` has some end markers
+        but not all: a runner must not commit offsets past them."""
+        return (snapshot_id, partition) in self._markers
 
     def handle(self, partition: int, event: Event) -> Iterator[Emit]:
         if isinstance(event, Chunk):
@@ -221,6 +255,7 @@ class PackStage:
                                          "match its id")
             if self.dedup.claim(event.blob_id):
                 self.packer.add_plain(event.blob_id, BlobType.DATA, event.data)
+                self._unrecorded.append((partition, event.blob_id))
                 self.blobs_stored += 1
         elif isinstance(event, SnapshotMarker) and event.kind == "end" \
                 and event.source_partition is not None:
@@ -254,12 +289,21 @@ class CommitStage:
     State: per snapshot in progress, its manifests, forwarded end markers and acks. With
     nothing in progress (:meth:`idle`), consumed offsets may be committed. A snapshot
     that received nothing for ``abandon_after`` seconds (its agent died before the end
-    marker) is dropped by :meth:`expire`, so that it does not hold offsets back forever."""
+    marker) is dropped by :meth:`expire`, so that it does not hold offsets back forever.
+
+    An incremental run (its markers name a ``parent``) is assembled onto the parent
+    snapshot's trees (:mod:`corestate.pipeline.assemble`). To count the files of such a
+    snapshot without walking the parts it shares with its parent, the committer keeps,
+    per host and paths, the file count of the trees of the last snapshot it wrote
+    (bounded: at most ``COUNT_CACHE`` trees); a miss walks the tree once."""
+
+    COUNT_CACHE = 200_000
 
     def __init__(self, repo: Repository, abandon_after: float = 3600.0) -> None:
         self.repo = repo
         self.abandon_after = abandon_after
         self._pending: dict[str, _Pending] = {}
+        self._counts: dict[tuple[str, tuple[str, ...]], dict[bytes, int]] = {}
         self.committed: list[SnapshotCommitted] = []
 
     def idle(self) -> bool:
@@ -305,13 +349,36 @@ class CommitStage:
         marker = next(iter(p.markers.values()))
         return len(p.markers) >= marker.partition_count and len(p.acks) >= p.ack_count
 
+    def _parent(self, snapshot_id: str, marker: SnapshotMarker,
+                memo: dict[bytes, int]) -> Parent | None:
+        """The parent an incremental run builds on; None for a full run. A parent that
+        cannot be used (forgotten, damaged, of other paths) rejects the snapshot: the
+        agent, seeing no commit, makes its next run a full one."""
+        if marker.parent is None:
+            return None
+        why = None
+        try:
+            snap = self.repo.load_snapshot(marker.parent)
+        except (NotFoundError, IntegrityError) as exc:
+            why = f"cannot be loaded ({exc})"
+        else:
+            if snap.hostname != marker.host or snap.paths != list(marker.paths):
+                why = f"is of {snap.hostname}:{','.join(snap.paths)}"
+        if why is not None:
+            raise RejectedEventError(f"snapshot {snapshot_id} not committed: its parent "
+                                     f"{marker.parent[:16]} {why}")
+        load = self.repo.load_tree
+        return Parent(snap.tree, load, lambda tree_id: count_files(tree_id, load, memo),
+                      rescanned=frozenset(marker.rescanned), removed=frozenset(marker.removed))
+
     def _commit(self, snapshot_id: str, p: _Pending) -> SnapshotCommitted:
         """The commit protocol, in order:
 
         1. reload the index (the packers' index files) and check that every blob the
-           manifests reference is in it (else the snapshot is dropped, rejected);
-        2. build the trees in post-order, store the new ones in packs, flush the packs
-           and write their index;
+           manifests reference is in it (else the snapshot is dropped, rejected); for an
+           incremental run, load its parent snapshot (else rejected, too);
+        2. build the trees in post-order (an incremental run's onto its parent's), store
+           the new ones in packs, flush the packs and write their index;
         3. write the snapshot, unless a replay already wrote this very one;
         4. return the SnapshotCommitted event to publish."""
         repo = self.repo
@@ -322,6 +389,9 @@ class CommitStage:
                                      f"blob(s) are not in the index (first "
                                      f"{missing[0].hex()[:16]})")
         marker = next(iter(p.markers.values()))
+        key = (marker.host, marker.paths)
+        memo = dict(self._counts.get(key, {}))
+        parent = self._parent(snapshot_id, marker, memo)
         packer = Packer(repo)
         added = 0
 
@@ -332,11 +402,14 @@ class CommitStage:
                 added += len(blob)
 
         try:
-            root = assemble(p.entries, p.contents, store_tree)
+            built = assemble(p.entries, p.contents, store_tree, parent)
             packer.flush()
         finally:
             packer.close()
         repo.flush_index()
+        root = built.root
+        memo.update(built.counts)
+        self._counts[key] = memo if len(memo) <= self.COUNT_CACHE else dict(built.counts)
         when = time_ns(marker.time)
         paths = list(marker.paths)
         restic_id = next((s.id for s in repo.list_snapshots()
@@ -345,10 +418,10 @@ class CommitStage:
         if restic_id is None:
             restic_id = repo.save_snapshot(Snapshot(time=when, tree=root, paths=paths,
                                                     hostname=marker.host,
-                                                    tags=list(marker.tags)))
+                                                    tags=list(marker.tags),
+                                                    parent=marker.parent))
         done = SnapshotCommitted(snapshot_id=snapshot_id, restic_id=restic_id, host=marker.host,
                                  paths=tuple(paths), time=marker.time, tree=root.hex(),
-                                 files=sum(1 for m in p.entries.values() if m.type == "file"),
-                                 bytes_added=added, tags=marker.tags)
+                                 files=built.files, bytes_added=added, tags=marker.tags)
         self.committed.append(done)
         return done
