@@ -7,6 +7,7 @@ import click
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
 from corestate.cli.prune import phase_bars
+from corestate.cli.restore import access_time, open_recording, record_reads
 from corestate.errors import CoreStateError
 from corestate.maintenance import check as checking
 
@@ -28,10 +29,18 @@ def check(ctx: Context, read_data: bool) -> None:
     found, the snapshot files that use them. Exits 1 ("check found N errors") when
     anything is wrong, 0 otherwise. With --json, prints one object with `ok`,
     `num_errors`, `errors` and `notes` (each with kind, message, pack, blobs, users).
+
+    With --read-data the packs read are added to the repository's access log, as a
+    restore's are (see `corestate tiering`); a failure to record is only a warning.
     """
-    repo = ctx.open_repo()
+    repo, recorder = open_recording(ctx)
+    started = access_time(ctx) if read_data else 0.0
     with repo.locked(exclusive=False), phase_bars(ctx) as progress:
-        report = checking.check(repo, read_data, progress)
+        try:
+            report = checking.check(repo, read_data, progress)
+        finally:
+            if read_data:  # without it only tree packs are read, which tiering never moves
+                record_reads(ctx, repo, recorder, "check", started)
     if ctx.json:
         ctx.emit(report.to_json())
     else:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import datetime
 
 import click
 
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
+from corestate.connectors.url import open_backend
 from corestate.errors import CoreStateError, PermanentError
+from corestate.maintenance.tiering import AccessRun, RecordingBackend, save_access_log
 from corestate.pipeline.restore import restore as run_restore
+from corestate.repository.repository import Repository
 
 
 def parse_when(text: str) -> int:
@@ -27,6 +32,36 @@ def parse_when(text: str) -> int:
     if when.tzinfo is None:
         when = when.astimezone()  # local time
     return int(when.timestamp() * 1e9)
+
+
+def access_time(ctx: Context) -> float:
+    """Now, in seconds since the epoch, as recorded for pack reads: ``CORESTATE_NOW``
+    when set (same forms as ``--at``; a fixed clock for what-if runs and tests), else
+    the system clock (with a warning if ``CORESTATE_NOW`` cannot be read)."""
+    fixed = os.environ.get("CORESTATE_NOW")
+    if fixed:
+        try:
+            return parse_when(fixed) / 1e9
+        except PermanentError as exc:
+            ctx.warn(f"CORESTATE_NOW{exc.message.removeprefix('--at')}; recording the "
+                     "system time instead")
+    return time.time()
+
+
+def open_recording(ctx: Context) -> tuple[Repository, RecordingBackend]:
+    """The repository, opened through a backend that notes which packs are read."""
+    recorder = RecordingBackend(open_backend(ctx.url()))
+    return Repository.open(recorder, ctx.password()), recorder
+
+
+def record_reads(ctx: Context, repo: Repository, recorder: RecordingBackend, command: str,
+                 when: float, snapshot: str | None = None) -> None:
+    """Add the packs this run read to the access log (for `corestate tiering`); a
+    failure is a warning, never the command's failure."""
+    try:
+        save_access_log(repo, AccessRun(when, command, recorder.reads, snapshot))
+    except (CoreStateError, OSError) as exc:
+        ctx.warn(f"could not record which packs were read (for `corestate tiering`): {exc}")
 
 
 @cli.command()
@@ -50,18 +85,26 @@ def restore(ctx: Context, snapshot: str, target: str, includes: tuple[str, ...],
     Content, modes, owners (as root), times with nanoseconds, symlinks, hardlinks,
     fifos and devices come back; sparse files stay sparse. Files whose data is damaged
     are reported and skipped, and the exit code is 1.
+
+    The packs read are added to the repository's access log (`corestate tiering` uses
+    it); if that cannot be written, a warning is printed and the restore still counts.
+    CORESTATE_NOW (a time, as for --at) overrides the clock recorded there.
     """
     if at is not None and snapshot != "latest":
         raise PermanentError("give either a SNAPSHOT or --at, not both")
-    repo = ctx.open_repo()
+    repo, recorder = open_recording(ctx)
     if at is not None:
         snap = repo.snapshot_at(parse_when(at), host=host, path=snap_path)
     else:
         snap = repo.find_snapshot(snapshot, host=host)
-    with ctx.progress(f"restore {snap.short_id}") as bar:
-        result = run_restore(repo, snap, target, include=list(includes) or None,
-                             progress=lambda files, nbytes: bar.update(
-                                 completed=nbytes, detail=f"{files} files"))
+    started = access_time(ctx)
+    try:
+        with ctx.progress(f"restore {snap.short_id}") as bar:
+            result = run_restore(repo, snap, target, include=list(includes) or None,
+                                 progress=lambda files, nbytes: bar.update(
+                                     completed=nbytes, detail=f"{files} files"))
+    finally:
+        record_reads(ctx, repo, recorder, "restore", started, snap.id)
     for path, msg in result.errors:
         ctx.warn(f"{path}: {msg}")
     if ctx.json:
