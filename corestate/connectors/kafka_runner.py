@@ -288,9 +288,8 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
         if name == "chunk":
             stage: Any = ChunkStage(chunk_partitions)
         elif name == "pack":
-            table = app.Table("blobs", partitions=chunk_partitions, help="packer index shares",
-                              schema=faust.Schema(key_type=bytes, value_type=bytes,
-                                                  key_serializer="raw", value_serializer="raw"))
+            table = app.Table("blobs", key_type=bytes, value_type=bytes,  # raw serializers
+                              partitions=chunk_partitions, help="packer index shares")
             share = IndexShare(table.data, set(),
                                lambda p, b, pack, t=table: t.send_changelog(p, b, pack))
             stage = PackStage(repo(), chunk_partitions, share)
@@ -360,6 +359,9 @@ def run_worker(client: Mapping[str, str], roles: Sequence[str], open_repo: Calla
                 await super()._stop_on_signal(signal)
 
         workers.append(Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False))
+        workers[0].spinner = None  # a terminal spinner has no place in a service's log
+        for name in ("faust.transport.producer", "faust.transport.drivers.aiokafka"):
+            logging.getLogger(name).addFilter(_KnownShutdownNoise())
         try:
             workers[0].execute_from_commandline()
         except SystemExit:
@@ -369,6 +371,14 @@ def run_worker(client: Mapping[str, str], roles: Sequence[str], open_repo: Calla
                 role.close()
     for exc in failures:
         raise exc if isinstance(exc, CoreStateError) else RetryableError(f"worker stopped: {exc}")
+
+
+class _KnownShutdownNoise(logging.Filter):
+    """faust logs a traceback when its producer buffer stops after the producer did
+    ("Cannot flush: Producer not Running"); everything was flushed before, so drop it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Producer not Running" not in str(record.exc_info[1] if record.exc_info else "")
 
 
 def roles_of(text: str) -> list[str]:

@@ -311,3 +311,40 @@ def test_each_role_in_its_own_process(tmp_path: Path, cluster: Cluster) -> None:
     target = tmp_path / "out"
     run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
     assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+
+
+def test_a_restarted_packer_recovers_its_index_share_from_the_changelog(tmp_path: Path,
+                                                                        cluster: Cluster) -> None:
+    """The packer's exact index is its faust table alone (the repository index is not
+    read): only if the new worker restores the table from its changelog does the second
+    run of the same tree store nothing twice."""
+    src = big_tree(tmp_path / "src", files=3, size=3 << 20)
+    repo = init_repo(tmp_path)
+    log = tmp_path / "worker.log"
+    worker = cluster.worker(repo, log=log)
+    try:
+        cluster.agent(str(src), host_id="h1")
+        committed(cluster, 1)
+        assert list((repo / "locks").iterdir()), "a running worker holds a repository lock"
+    finally:
+        stop(worker)
+    assert worker.returncode == 0, log.read_text()
+    assert not list((repo / "locks").iterdir()), "a stopped worker leaves no lock"
+    packs_before = {p.name for p in (repo / "data").rglob("*") if p.is_file()}
+
+    worker = cluster.worker(repo, log=log)
+    try:
+        cluster.agent(str(src), host_id="h1")
+        first, second = committed(cluster, 2)
+    finally:
+        stop(worker)
+    assert first.restic_id != second.restic_id
+    r = Repository.open(open_backend(str(repo)), PASSWORD)
+    r.refresh_index()
+    stored_twice = [b.hex()[:12] for b in r.index.blob_ids() if len(r.index.all_locations(b)) > 1]
+    assert stored_twice == []
+    new_packs = {p.name for p in (repo / "data").rglob("*") if p.is_file()} - packs_before
+    data_in_new = [loc for b in r.index.blob_ids() for loc in r.index.all_locations(b)
+                   if loc.pack in new_packs and loc.blob.type == BlobType.DATA]
+    assert data_in_new == []
+    run_restic("-r", str(repo), "check", "--read-data")
