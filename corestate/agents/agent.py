@@ -11,31 +11,66 @@ Terms:
   at most 1 MiB (``seq`` from 0; a file re-read because it changed underfoot starts again
   at ``seq`` 0), and a :class:`FileEnd`; an entry that cannot be read after its
   FileBegin is withdrawn with a :class:`Delete`; finally an ``end`` marker on every
-  partition. Markers carry the paths and tags of the snapshot.
+  partition. Markers carry the paths and tags of the snapshot;
+- a *full* run captures everything below the paths; an *incremental* run (its markers
+  name a ``parent``: the restic id of the committed snapshot it builds on) captures
+  only what changed since the parent: each entry an event named that still exists (a
+  directory's metadata only, unless it was created or moved in: then its whole subtree,
+  whose directories the markers list as *rescanned*), and the directories on the way
+  to it; the markers list the *removed* entries, those named that are gone (deleted or
+  renamed away). The committer takes everything else from the parent
+  (:mod:`corestate.pipeline.assemble`), so an unchanged file is never read again, not
+  even beside a changed one. The agent sends no :class:`Delete` or :class:`Rename` for
+  changes;
+- the *changes* since a run began (:class:`Changes`) are the watcher's batches
+  accumulated: dirty directories, named entries, and the paths created or moved in.
+  :meth:`Changes.plan` turns them into an :class:`Increment`. A directory that lost
+  more than ``MAX_REMOVED_PER_DIR`` entries is rescanned instead. When the changes
+  cannot be expressed (a source path itself deleted or replaced, a watched directory
+  moved, an overflow of the watcher's queue, lists too long for a marker), the run is
+  full. Directories the watcher could not watch are rescanned whole every
+  ``unwatched_rescan`` seconds.
 
-:func:`scan` produces the stream through a callback and imports no Kafka client;
-:func:`publish_once` sends it with an idempotent confluent-kafka producer and returns
-only when every record is acknowledged; :func:`watch` publishes a run, then a new full
-run after every inotify change batch (each run a complete snapshot; not yet incremental).
+:func:`scan` and :func:`scan_changes` produce the stream through a callback and import
+no Kafka client; :func:`publish_once` sends a full run with an idempotent
+confluent-kafka producer and returns only when every record is acknowledged;
+:func:`watch` publishes a full run, then a run after every batch of changes: incremental
+on the previous run once ``<prefix>.snapshots`` (:class:`CommitFeed`) shows it
+committed (it waits up to ``parent_wait`` seconds for that), else full. With an
+:class:`~corestate.agents.sentinel.AgentSentinel` it also feeds the batches and the
+commits to the anomaly detector, which publishes alerts on ``<prefix>.alerts``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
 from corestate.errors import PermanentError, RetryableError
+from corestate.kernel.reflink import CLONE_PREFIX
+from corestate.kernel.watch import ChangeBatch
 from corestate.pipeline.assemble import meta_from_node
 from corestate.pipeline.capture import ExcludeMatcher, node_from_stat, read_consistently
 from corestate.schemas.events import (MAX_SEGMENT, DataSegment, Delete, Event, FileBegin,
-                                      FileEnd, SnapshotMarker)
+                                      FileEnd, SnapshotCommitted, SnapshotMarker)
+
+if TYPE_CHECKING:
+    from corestate.agents.sentinel import AgentSentinel
+
+log = logging.getLogger("corestate.agents.agent")
+
+RESCAN_BYTES = 256 * 1024  # most path bytes a marker lists; more makes the run full
+MAX_REMOVED_PER_DIR = 256  # more removed entries: the directory is listed whole instead
+MAX_NAMED = 500_000  # more changed entries remembered: the next run is full
 
 
 @dataclass
@@ -47,6 +82,20 @@ class ScanSummary:
     records: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     inconsistent: list[str] = field(default_factory=list)
+    parent: str | None = None  # restic id an incremental run builds on; None: full
+    rescanned: int = 0  # directories an incremental run listed
+
+
+@dataclass(frozen=True)
+class Increment:
+    """What makes a run incremental (see the module docstring): the restic id of its
+    parent, the directories it lists whole, the entries it captures one by one (a
+    directory's metadata only) and the paths it reports gone."""
+
+    parent: str
+    rescanned: frozenset[bytes] = frozenset()
+    entries: frozenset[bytes] = frozenset()
+    removed: frozenset[bytes] = frozenset()
 
 
 def new_snapshot_id(host: str) -> str:
@@ -58,15 +107,42 @@ def _ancestors(path: bytes) -> list[bytes]:
     return [b"/" + b"/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def scan(paths: list[str], host: str, snapshot_id: str, send: Callable[[Event], None],
-         excludes: list[str] | None = None, summary: ScanSummary | None = None) -> ScanSummary:
-    """Send the capture events of every entry of ``paths`` (without markers)."""
-    summary = summary if summary is not None else ScanSummary(snapshot_id=snapshot_id)
-    matcher = ExcludeMatcher(excludes or [])
-    roots = sorted({os.fsencode(os.path.abspath(p)) for p in paths})
-    done: set[bytes] = set()
+def _within(path: bytes, root: bytes) -> bool:
+    return path == root or path.startswith(root.rstrip(b"/") + b"/")
 
-    def entry(path: bytes) -> os.stat_result | None:
+
+def _is_dir(path: bytes) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _is_file(path: bytes) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _roots(paths: Iterable[str]) -> list[bytes]:
+    return sorted({os.fsencode(os.path.abspath(p)) for p in paths})
+
+
+class _Scanner:
+    """Sends the capture events of single entries, listings and whole subtrees, each
+    entry at most once."""
+
+    def __init__(self, host: str, snapshot_id: str, send: Callable[[Event], None],
+                 excludes: list[str] | None, summary: ScanSummary) -> None:
+        self.host, self.snapshot_id, self.send, self.summary = host, snapshot_id, send, summary
+        self.matcher = ExcludeMatcher(excludes or [])
+        self.done: set[bytes] = set()
+
+    def entry(self, path: bytes) -> os.stat_result | None:
+        """FileBegin, content and FileEnd of one entry (not what is below it)."""
+        host, snapshot_id, send, summary = self.host, self.snapshot_id, self.send, self.summary
+        self.done.add(path)
         try:
             st = os.lstat(path)
             node = node_from_stat(os.path.basename(path), path, st)
@@ -110,35 +186,217 @@ def scan(paths: list[str], host: str, snapshot_id: str, send: Callable[[Event], 
         summary.bytes += sent[1]
         return st
 
-    for root in roots:
-        if not os.path.lexists(root):
-            raise PermanentError(f"{os.fsdecode(root)}: no such file or directory")
-        for anc in _ancestors(root):
-            if anc not in done:
-                done.add(anc)
-                entry(anc)
-        if root in done:
-            continue
+    def once(self, path: bytes) -> None:
+        if path not in self.done:
+            self.entry(path)
+
+    def _names(self, path: bytes) -> list[bytes] | None:
+        try:
+            with os.scandir(path) as it:
+                return sorted(os.fsencode(e.name) for e in it)
+        except OSError as exc:
+            self.summary.errors.append((os.fsdecode(path), exc.strerror or str(exc)))
+            return None
+
+    def listing(self, path: bytes) -> None:
+        """The entries of one directory (a directory's own entries are not listed)."""
+        for name in self._names(path) or ():
+            full = path.rstrip(b"/") + b"/" + name
+            if full not in self.done and not self.matcher.excluded(full):
+                self.entry(full)
+
+    def tree(self, root: bytes) -> None:
+        """``root`` and everything below it, depth-first in name order."""
         stack = [root]
         while stack:
             path = stack.pop()
-            if path in done or (path != root and matcher.excluded(path)):
+            if path in self.done or (path != root and self.matcher.excluded(path)):
                 continue
-            done.add(path)
-            st = entry(path)
+            st = self.entry(path)
             if st is not None and stat.S_ISDIR(st.st_mode):
-                try:
-                    with os.scandir(path) as it:
-                        names = sorted((e.name for e in it), reverse=True)
-                except OSError as exc:
-                    summary.errors.append((os.fsdecode(path), exc.strerror or str(exc)))
-                    continue
-                stack.extend(path.rstrip(b"/") + b"/" + os.fsencode(n) for n in names)
+                names = self._names(path)
+                if names is not None:
+                    stack.extend(path.rstrip(b"/") + b"/" + n for n in reversed(names))
+
+
+def _check_roots(roots: list[bytes]) -> None:
+    for root in roots:
+        if not os.path.lexists(root):
+            raise PermanentError(f"{os.fsdecode(root)}: no such file or directory")
+
+
+def scan(paths: list[str], host: str, snapshot_id: str, send: Callable[[Event], None],
+         excludes: list[str] | None = None, summary: ScanSummary | None = None) -> ScanSummary:
+    """Send the capture events of every entry of ``paths`` (without markers): a full run."""
+    summary = summary if summary is not None else ScanSummary(snapshot_id=snapshot_id)
+    scanner = _Scanner(host, snapshot_id, send, excludes, summary)
+    roots = _roots(paths)
+    _check_roots(roots)
+    for root in roots:
+        for anc in _ancestors(root):
+            scanner.once(anc)
+        scanner.tree(root)
     return summary
 
 
+def scan_changes(paths: list[str], host: str, snapshot_id: str, send: Callable[[Event], None],
+                 increment: Increment, excludes: list[str] | None = None,
+                 summary: ScanSummary | None = None) -> ScanSummary:
+    """Send the capture events of an incremental run (without markers): every source
+    path that is no regular file (a directory's metadata), the changed entries and the
+    entries of the rescanned directories, each with the directories on the way to it."""
+    summary = summary if summary is not None else ScanSummary(snapshot_id=snapshot_id)
+    scanner = _Scanner(host, snapshot_id, send, excludes, summary)
+    roots = _roots(paths)
+    _check_roots(roots)
+    for root in roots:
+        for anc in _ancestors(root):
+            scanner.once(anc)
+        if root in increment.entries or not _is_file(root):
+            scanner.once(root)  # a directory's metadata, a changed file, a symlink...
+    for path in sorted(increment.entries | increment.rescanned):
+        for anc in _ancestors(path):
+            if any(_within(anc, r) for r in roots):
+                scanner.once(anc)
+        scanner.once(path)
+    for directory in sorted(increment.rescanned):
+        scanner.listing(directory)
+    summary.parent = increment.parent
+    summary.rescanned = len(increment.rescanned)
+    return summary
+
+
+def without_own_reads(batch: ChangeBatch) -> ChangeBatch | None:
+    """``batch`` without the events of the agent's own consistent reads: a reflink clone
+    is an unlinked temporary file in the file's directory (``O_TMPFILE``, which fanotify
+    names ``#<inode>``, or a ``.corestate-clone-*`` name unlinked at once). None if
+    nothing else is left. Else every run that reads a file would cause another run."""
+    def own(path: bytes, kinds: set[str]) -> bool:
+        name = os.path.basename(path)
+        if name.startswith(CLONE_PREFIX):
+            return True
+        return (name[:1] == b"#" and name[1:].isdigit()
+                and not kinds & {"create", "delete", "move_from", "move_to"})
+
+    kept = {p: k for p, k in batch.kinds.items() if not own(p, k)}
+    if len(kept) == len(batch.kinds):
+        return batch
+    if not kept and not batch.overflow:
+        return None
+    mine = {os.path.dirname(p) for p in kept}
+    named = {os.path.dirname(p) for p in batch.kinds}
+    return replace(batch, paths=frozenset(kept), kinds=kept,
+                   dirty_dirs=frozenset(d for d in batch.dirty_dirs if d in mine or d not in named))
+
+
+@dataclass
+class Changes:
+    """What the watcher reported since a run began (see the module docstring): the
+    dirty directories, the entries events named, and the paths to take whole if they
+    are directories (created, moved in, or not watched)."""
+
+    dirty: set[bytes] = field(default_factory=set)
+    named: set[bytes] = field(default_factory=set)
+    subtrees: set[bytes] = field(default_factory=set)
+    full: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.full or self.dirty or self.named or self.subtrees)
+
+    def add(self, batch: ChangeBatch) -> None:
+        self.dirty |= batch.dirty_dirs
+        self.named |= batch.paths
+        self.subtrees.update(p for p, kinds in batch.kinds.items()
+                             if kinds & {"create", "move_to"})
+        # lost events, or a watched directory itself deleted or moved
+        self.full = self.full or batch.overflow or any(
+            kinds & {"delete_self", "move_self", "unmount"} for kinds in batch.kinds.values())
+        if len(self.named) > MAX_NAMED:  # so much changed that a full run costs no more
+            self.full = True
+            self.dirty.clear()
+            self.named.clear()
+            self.subtrees.clear()
+
+    def plan(self, paths: list[str], parent: str,
+             excluded: Callable[[bytes], bool] = lambda p: False) -> Increment | None:
+        """The incremental run onto ``parent`` that captures these changes; None when
+        only a full run is right."""
+        if self.full:
+            return None
+        roots = _roots(paths)
+        if not all(os.path.lexists(r) for r in roots):
+            return None
+
+        def root_of(path: bytes) -> bytes | None:
+            """The source path ``path`` is in, if it is not excluded on the way."""
+            inside = [r for r in roots if _within(path, r)]
+            if not inside:
+                return None  # e.g. a sibling of a source path that is a file
+            root = max(inside, key=len)
+            up = path
+            while up != root:
+                if excluded(up):
+                    return None
+                up = os.path.dirname(up)
+            return root
+
+        rescanned: set[bytes] = set()
+        entries: set[bytes] = set()
+        removed: set[bytes] = set()
+        for path in self.named | self.subtrees | self.dirty:
+            root = root_of(path)
+            if root is None:
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                st = None
+            if path == root:
+                if st is None or path in self.subtrees:
+                    return None  # a source path gone or replaced: a full run says what it is
+                if not stat.S_ISDIR(st.st_mode):
+                    entries.add(path)  # a source path that is a file and changed
+                continue
+            if st is None:
+                if _is_dir(os.path.dirname(path)):
+                    removed.add(path)  # else an ancestor is gone (or replaced) too
+            elif stat.S_ISDIR(st.st_mode) and path in self.subtrees:
+                rescanned.update(_subdirs(path, excluded))
+            else:
+                entries.add(path)
+        # A directory that lost many entries is listed whole instead.
+        lost: dict[bytes, list[bytes]] = {}
+        for path in removed:
+            lost.setdefault(os.path.dirname(path), []).append(path)
+        for directory, paths_gone in lost.items():
+            if directory in rescanned or len(paths_gone) > MAX_REMOVED_PER_DIR:
+                rescanned.add(directory)
+                removed.difference_update(paths_gone)
+        if sum(len(p) + 2 for p in rescanned | removed) > RESCAN_BYTES:
+            return None
+        return Increment(parent, frozenset(rescanned), frozenset(entries), frozenset(removed))
+
+
+def _subdirs(top: bytes, excluded: Callable[[bytes], bool]) -> list[bytes]:
+    """``top`` and every directory below it, not excluded ones."""
+    found: list[bytes] = []
+    stack = [top]
+    while stack:
+        path = stack.pop()
+        if path != top and excluded(path):
+            continue
+        found.append(path)
+        try:
+            with os.scandir(path) as it:
+                stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+    return found
+
+
 class CapturePublisher:
-    """An idempotent producer to ``<prefix>.captures`` that publishes whole runs."""
+    """An idempotent producer to ``<prefix>.captures`` that publishes whole runs (and, on
+    ``<prefix>.alerts``, alerts)."""
 
     def __init__(self, client: Mapping[str, str], prefix: str = "corestate") -> None:
         try:
@@ -148,6 +406,7 @@ class CapturePublisher:
         from corestate.connectors.kafka_topics import PRODUCER_DEFAULTS, spec
 
         self.topic = spec("captures").name(prefix)
+        self.alerts_topic = spec("alerts").name(prefix)
         conf = {**PRODUCER_DEFAULTS, "message.max.bytes": str(spec("captures").max_message_bytes),
                 "linger.ms": "5", "queue.buffering.max.kbytes": str(64 * 1024), **client}
         try:
@@ -166,27 +425,33 @@ class CapturePublisher:
         if err is not None:
             self.failures.append(str(err))
 
-    def publish_run(self, paths: list[str], host: str, excludes: list[str] | None = None,
-                    tags: list[str] | None = None, timeout: float = 300.0) -> ScanSummary:
-        """Scan ``paths`` once and publish the run; returns when every record is
-        acknowledged by the brokers (acks=all), else raises."""
+    def _produce(self, topic: str, event: Event, partition: int | None = None,
+                 on_delivery: Callable[[Any, Any], None] | None = None) -> None:
         from corestate.connectors.kafka_topics import key_for
         from corestate.schemas.codec import encode
 
-        producer = self.producer
+        value = encode(event)
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key_for(event),
+                                      on_delivery=on_delivery or self._delivered,
+                                      partition=-1 if partition is None else partition)  # -1: by key
+                break
+            except BufferError:  # local queue full: let deliveries drain
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+
+    def publish_run(self, paths: list[str], host: str, excludes: list[str] | None = None,
+                    tags: list[str] | None = None, timeout: float = 300.0,
+                    increment: Increment | None = None) -> ScanSummary:
+        """Scan ``paths`` (fully, or incrementally given an ``increment``) and publish the
+        run; returns when every record is acknowledged by the brokers (acks=all), else
+        raises."""
         summary = ScanSummary(snapshot_id=new_snapshot_id(host))
+        self.failures.clear()
 
         def send(event: Event, partition: int | None = None) -> None:
-            value = encode(event)
-            while True:
-                try:
-                    producer.produce(self.topic, value=value, key=key_for(event),
-                                     on_delivery=self._delivered,
-                                     partition=-1 if partition is None else partition)  # -1: by key
-                    break
-                except BufferError:  # local queue full: let deliveries drain
-                    producer.poll(0.1)
-            producer.poll(0)
+            self._produce(self.topic, event, partition)
             summary.records += 1
 
         started = datetime.now(timezone.utc)
@@ -196,19 +461,86 @@ class CapturePublisher:
             for p in range(self.partitions):
                 send(SnapshotMarker(host=host, snapshot_id=summary.snapshot_id, kind=kind,  # type: ignore[arg-type]
                                     paths=tuple(abspaths), partition_count=self.partitions,
-                                    time=started, tags=tuple(tags or ())), partition=p)
+                                    time=started, tags=tuple(tags or ()),
+                                    parent=increment.parent if increment else None,
+                                    rescanned=tuple(sorted(increment.rescanned)) if increment else (),
+                                    removed=tuple(sorted(increment.removed)) if increment else ()),
+                     partition=p)
 
         markers("begin")
-        scan(paths, host, summary.snapshot_id, send, excludes, summary)
+        if increment is None:
+            scan(paths, host, summary.snapshot_id, send, excludes, summary)
+        else:
+            scan_changes(paths, host, summary.snapshot_id, send, increment, excludes, summary)
         markers("end")
-        deadline = time.monotonic() + timeout
-        while producer.flush(1.0) > 0:
-            if time.monotonic() > deadline:
-                raise RetryableError(f"{len(producer)} records not acknowledged after {timeout:.0f}s")
+        self.flush(timeout)
         if self.failures:
             raise RetryableError(f"{len(self.failures)} records were not delivered: "
                                  f"{self.failures[0]}")
         return summary
+
+    def publish_alert(self, event: Event, on_delivery: Callable[[Any, Any], None]) -> None:
+        """Queue an alert for ``<prefix>.alerts`` (key: host); ``on_delivery(err, msg)``
+        says how it went, from a later poll or flush."""
+        self._produce(self.alerts_topic, event, on_delivery=on_delivery)
+
+    def flush(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.producer.flush(1.0) > 0:
+            if time.monotonic() > deadline:
+                raise RetryableError(f"{len(self.producer)} records not acknowledged after "
+                                     f"{timeout:.0f}s")
+
+
+class CommitFeed:
+    """The ``SnapshotCommitted`` events of ``<prefix>.snapshots``, every one from the
+    start (the topic is compacted: it holds every snapshot committed), read without a
+    consumer group."""
+
+    _PRODUCER_ONLY = frozenset({"acks", "enable.idempotence", "compression.type",
+                                "compression.codec", "partitioner", "linger.ms",
+                                "queue.buffering.max.kbytes", "message.max.bytes"})
+
+    def __init__(self, client: Mapping[str, str], prefix: str = "corestate") -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+        from corestate.connectors.kafka_topics import spec
+
+        self.topic = spec("snapshots").name(prefix)
+        conf = {k: v for k, v in client.items() if k not in self._PRODUCER_ONLY}
+        conf.update({"group.id": f"{prefix}.agent.{uuid.uuid4().hex}",
+                     "enable.auto.commit": "false", "auto.offset.reset": "earliest"})
+        try:
+            self.consumer = Consumer(conf)
+            meta = self.consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
+        except KafkaException as exc:
+            raise RetryableError(f"cannot reach Kafka at {client.get('bootstrap.servers')}: "
+                                 f"{exc.args[0].str()}") from None
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise PermanentError(f"topic {self.topic} does not exist: run `corestate topics create`")
+        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
+                              for p in meta.partitions])
+
+    def poll(self, timeout: float = 0.0) -> list[SnapshotCommitted]:
+        from corestate.schemas.codec import decode
+        from corestate.schemas.errors import UndecodableEventError
+
+        out: list[SnapshotCommitted] = []
+        for _ in range(20):  # catching up on a long history: up to 10,000 at a time
+            msgs = self.consumer.consume(num_messages=500, timeout=timeout)
+            for msg in msgs:
+                if msg.error():
+                    continue
+                try:
+                    out.append(decode(msg.value() or b"", SnapshotCommitted))
+                except UndecodableEventError as exc:
+                    log.debug("%s@%d: %s", self.topic, msg.offset(), exc.reason)
+            if len(msgs) < 500:
+                break
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def publish_once(paths: list[str], client: Mapping[str, str], host: str | None = None,
@@ -223,19 +555,93 @@ def publish_once(paths: list[str], client: Mapping[str, str], host: str | None =
 def watch(paths: list[str], client: Mapping[str, str], host: str, stop: threading.Event,
           prefix: str = "corestate", excludes: list[str] | None = None,
           tags: list[str] | None = None,
-          on_run: Callable[[ScanSummary], None] = lambda s: None) -> None:
-    """Publish a run, then another whenever something under ``paths`` changes, until
-    ``stop`` is set. Each run is a full scan (a complete snapshot); changes are watched
-    with inotify from before the first scan, so none is missed between runs."""
-    from corestate.kernel.watch import Watcher
+          on_run: Callable[[ScanSummary], None] = lambda s: None,
+          sentinel: AgentSentinel | None = None, parent_wait: float = 60.0,
+          unwatched_rescan: float = 60.0, retry_after: float = 5.0) -> None:
+    """Publish a full run, then one whenever something under ``paths`` changes, until
+    ``stop`` is set (see the module docstring). The watcher (fanotify where permitted,
+    else inotify) starts before the first scan, so no change is missed between runs.
+
+    A run waits until the previous one is committed (at most ``parent_wait`` seconds
+    after it was published) so that it can build on it; a run that fails to publish
+    (brokers away) is tried again ``retry_after`` seconds later, as a full run.
+    ``sentinel`` (optional) gets every batch, every run and every commit; its alerts
+    are published on ``<prefix>.alerts``."""
+    from corestate.kernel.fanotify import open_watcher
 
     publisher = CapturePublisher(client, prefix)
+    feed = CommitFeed(client, prefix)
     matcher = ExcludeMatcher(excludes or [])
-    dirs = sorted({p if os.path.isdir(p) else os.path.dirname(p)
-                   for p in (os.path.abspath(x) for x in paths)})
-    with Watcher([os.fsencode(d) for d in dirs], matcher.excluded) as watcher:
-        changed = True
-        while not stop.is_set():
-            if changed:
-                on_run(publisher.publish_run(paths, host, excludes, tags))
-            changed = watcher.poll(0.5) is not None
+    watched = sorted({r if _is_dir(r) else os.path.dirname(r) for r in _roots(paths)})
+    unsent: list[Event] = []  # alerts to publish again
+
+    def delivered(event: Event) -> Callable[[Any, Any], None]:
+        def report(err: Any, _msg: Any) -> None:
+            if err is not None:
+                log.error("alert not delivered (%s); trying again", err)
+                unsent.append(event)
+        return report
+
+    changes = Changes(full=True)  # the first run of a session is full
+    last: ScanSummary | None = None  # the last run published
+    last_done = 0.0  # monotonic time it was acknowledged
+    last_restic: str | None = None  # its restic id, once committed
+    not_before = 0.0
+    last_unwatched = time.monotonic()
+    try:
+        with open_watcher(watched, matcher.excluded) as watcher:
+            watcher.start()
+            while not stop.is_set():
+                now = time.monotonic()
+                waiting = (last is not None and not changes.full and last_restic is None
+                           and now - last_done < parent_wait)
+                if changes and now >= not_before and not waiting:
+                    increment = None
+                    if last_restic is not None:
+                        increment = changes.plan(paths, last_restic, matcher.excluded)
+                    changes = Changes()
+                    try:
+                        summary = publisher.publish_run(paths, host, excludes, tags,
+                                                        increment=increment)
+                    except RetryableError as exc:
+                        log.warning("run not published, trying again in %gs: %s", retry_after, exc)
+                        changes, not_before = Changes(full=True), now + retry_after
+                        continue
+                    last, last_done, last_restic = summary, time.monotonic(), None
+                    if sentinel is not None:
+                        sentinel.on_run(summary.snapshot_id)
+                    on_run(summary)
+                batch = watcher.poll(0.25 if changes else 0.5)
+                batch = without_own_reads(batch) if batch is not None else None
+                for event in feed.poll():
+                    if last is not None and event.snapshot_id == last.snapshot_id:
+                        last_restic = event.restic_id
+                    if sentinel is not None:
+                        sentinel.on_committed(event)
+                if batch is not None:
+                    changes.add(batch)
+                    if sentinel is not None:
+                        sentinel.on_batch(batch)
+                unwatched = watcher.unwatched
+                if unwatched and time.monotonic() - last_unwatched >= unwatched_rescan:
+                    changes.subtrees |= unwatched  # not watched: rescanned whole, now and then
+                    last_unwatched = time.monotonic()
+                if sentinel is not None:
+                    sentinel.tick()
+                    unsent.extend(sentinel.drain())
+                for alert in unsent[:]:
+                    unsent.remove(alert)
+                    publisher.publish_alert(alert, delivered(alert))
+                publisher.producer.poll(0)
+    finally:
+        feed.close()
+        if sentinel is not None:
+            sentinel.close()  # announces alerts still waiting for a commit
+            unsent.extend(sentinel.drain())
+        for alert in unsent[:]:
+            unsent.remove(alert)
+            publisher.publish_alert(alert, delivered(alert))
+        try:
+            publisher.flush(30.0)
+        except RetryableError as exc:
+            log.error("alerts not delivered at exit: %s", exc)

@@ -7,16 +7,21 @@ and ``CORESTATE_KAFKA_*`` environment variables, as for ``corestate topics``.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
+from typing import TYPE_CHECKING
 
 import click
 
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
 from corestate.connectors.kafka_topics import DEFAULT_PREFIX, client_config
-from corestate.errors import IncompleteBackupError
+from corestate.errors import IncompleteBackupError, PermanentError
+
+if TYPE_CHECKING:
+    from corestate.agents.sentinel import AgentSentinel
 
 
 @cli.command()
@@ -32,18 +37,33 @@ from corestate.errors import IncompleteBackupError
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Topic name prefix.")
 @click.option("--kafka-config", type=click.Path(dir_okay=False), metavar="FILE",
               help="librdkafka settings as a properties file.")
+@click.option("--detect/--no-detect", default=None,
+              help="While watching, score the changes for ransomware-like behaviour and "
+                   "publish alerts on <prefix>.alerts (needs corestate[models]). Default: on "
+                   "when watching and the models are installed.")
+@click.option("--alerts", "alerts_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also append each alert to FILE as a JSON line (implies --detect).")
+@click.option("--parent-wait", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              metavar="SECONDS", help="How long a run waits for the previous one to be "
+                                      "committed, to send only what changed since; then it "
+                                      "is a full run.")
 @pass_ctx
 def agent(ctx: Context, paths: tuple[str, ...], bootstrap: str | None, host_id: str | None,
           once: bool, excludes: tuple[str, ...], tags: tuple[str, ...], prefix: str,
-          kafka_config: str | None) -> None:
+          kafka_config: str | None, detect: bool | None, alerts_file: str | None,
+          parent_wait: float) -> None:
     """Publish PATHS as snapshots' capture events to <prefix>.captures.
 
     With --once: one run (one snapshot), then exit when every record is acknowledged.
-    Without: a run now, and another after every change under PATHS (inotify), until
-    SIGTERM or Ctrl-C. Workers (`corestate worker`) chunk, store and commit each run.
+    Without: a full run now, then a run after every change under PATHS (fanotify or
+    inotify) that sends only what changed, until SIGTERM or Ctrl-C; changes are also
+    scored for ransomware-like behaviour (see --detect). Workers (`corestate worker`)
+    chunk, store and commit each run.
     """
     from corestate.agents.agent import ScanSummary, publish_once, watch
 
+    if once and (alerts_file or detect):
+        raise PermanentError("--alerts and --detect need a watching agent (without --once)")
     client = client_config(kafka_config, bootstrap=bootstrap)
     if not ctx.verbose:
         client.setdefault("log_level", "2")
@@ -55,23 +75,61 @@ def agent(ctx: Context, paths: tuple[str, ...], bootstrap: str | None, host_id: 
         for path, msg in summary.errors:
             ctx.warn(f"{path}: {msg}")
         if ctx.json:
-            ctx.emit({"snapshot_id": summary.snapshot_id, "entries": summary.entries,
-                      "files": summary.files, "bytes": summary.bytes, "records": summary.records,
+            ctx.emit({"message_type": "run", "snapshot_id": summary.snapshot_id,
+                      "parent": summary.parent, "rescanned": summary.rescanned,
+                      "entries": summary.entries, "files": summary.files,
+                      "bytes": summary.bytes, "records": summary.records,
                       "errors": [{"path": p, "error": m} for p, m in summary.errors]})
         else:
-            ctx.info(f"published {summary.snapshot_id}: {summary.entries} entries, "
+            kind = (f"{summary.rescanned} dirs rescanned onto {summary.parent[:8]}"
+                    if summary.parent else "full")
+            ctx.info(f"published {summary.snapshot_id} ({kind}): {summary.entries} entries, "
                      f"{summary.files} files, {human_size(summary.bytes)} in "
                      f"{summary.records} records")
 
     if not once:
+        sentinel = _sentinel(ctx, list(paths), host, prefix, list(excludes), detect, alerts_file)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         watch(list(paths), client, host, stop, prefix=prefix, excludes=list(excludes),
-              tags=list(tags), on_run=report)
+              tags=list(tags), on_run=report, sentinel=sentinel, parent_wait=parent_wait)
         return
     summary = publish_once(list(paths), client, host=host, prefix=prefix,
                            excludes=list(excludes), tags=list(tags))
     report(summary)
     if summary.errors:
         raise IncompleteBackupError(f"{len(summary.errors)} file(s) could not be read (listed above)")
+
+
+def _sentinel(ctx: Context, paths: list[str], host: str, prefix: str, excludes: list[str],
+              detect: bool | None, alerts_file: str | None) -> AgentSentinel | None:
+    """The watching agent's anomaly detector, started; None if not wanted or not installed."""
+    if detect is False and not alerts_file:
+        return None
+    try:
+        from corestate.agents.sentinel import AgentSentinel, SentinelOptions  # noqa: F811
+    except PermanentError:
+        if detect or alerts_file:
+            raise
+        ctx.info("no ransomware detection: pip install 'corestate[models]'")
+        return None
+    base = os.environ.get("CORESTATE_STATE_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "corestate")
+    state = os.path.join(base, "agent", f"{prefix}-{host}", "detector.pkl")
+    sentinel = AgentSentinel(paths, SentinelOptions(
+        alerts_file=os.path.abspath(alerts_file) if alerts_file else None, state_path=state,
+        host=host), excludes=excludes, on_alert=lambda a: _report_alert(ctx, a, prefix))
+    sentinel.start()
+    return sentinel
+
+
+def _report_alert(ctx: Context, alert: object, prefix: str) -> None:
+    line = alert.line()  # type: ignore[attr-defined]
+    if ctx.json:
+        ctx.emit({"message_type": "alert", **line})
+    else:
+        clean = str(line["clean_snapshot"])[:8] if line["clean_snapshot"] else "none"
+        ctx.warn(f"ALERT {line['id']}: possible ransomware (score {line['score']:.3f}: "
+                 f"{line['reason']}); clean snapshot {clean}; {len(line['paths'])} paths, e.g. "
+                 f"{', '.join(line['paths'][:3])}; published on {prefix}.alerts")

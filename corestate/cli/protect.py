@@ -43,10 +43,10 @@ def protect(ctx: Context, paths: tuple[str, ...], interval: float, excludes: tup
                           hostname=host, block_store=block_store)
     sentinel = None
     if alerts_file:
-        from corestate.agents.sentinel import Sentinel, SentinelOptions
+        from corestate.agents.sentinel import ProtectSentinel, SentinelOptions
 
         state = os.path.join(os.path.dirname(block_store.directory), "detector.pkl")
-        sentinel = Sentinel(repo, opts, SentinelOptions(alerts_file=os.path.abspath(alerts_file),
+        sentinel = ProtectSentinel(repo, opts, SentinelOptions(alerts_file=os.path.abspath(alerts_file),
                                                         state_path=state),
                             on_alert=lambda a: _report_alert(ctx, a))
 

@@ -136,7 +136,11 @@ class Rename:
 
 @dataclass(frozen=True)
 class SnapshotMarker:
-    """A barrier that opens (``begin``) or closes (``end``) a snapshot on every partition."""
+    """A barrier that opens (``begin``) or closes (``end``) a snapshot on every partition.
+
+    ``parent`` None: a full run. Else an incremental run: the restic id of the snapshot it
+    builds on, in ``rescanned`` the directories whose whole listing it carries, and in
+    ``removed`` the parent's entries that are gone."""
 
     host: str
     snapshot_id: str
@@ -146,6 +150,9 @@ class SnapshotMarker:
     time: datetime
     tags: tuple[str, ...] = ()
     source_partition: int | None = None
+    parent: str | None = None
+    rescanned: tuple[bytes, ...] = ()
+    removed: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)

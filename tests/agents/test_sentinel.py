@@ -10,19 +10,22 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from corestate.agents.protect import ConsistencyPoint, ProtectOptions
-from corestate.agents.sentinel import Sentinel, SentinelOptions
+from corestate.agents.sentinel import AgentSentinel, ProtectSentinel, SentinelOptions
 from corestate.connectors.url import open_backend
 from corestate.kernel.watch import ChangeBatch
 from corestate.maintenance.forget import load_protected
 from corestate.models.alerts import AlertLedger
 from corestate.models.detector import Detector, Verdict
+from corestate.pipeline.guard import alert_id
 from corestate.pipeline.backup import BackupSummary
 from corestate.repository.repository import Repository
+from corestate.schemas.events import SnapshotCommitted
 from tests.conftest import PASSWORD, restored_root, run_corestate
 
 REQUIRED = {"time", "host", "score", "reason", "paths", "clean_snapshot"}
@@ -92,7 +95,7 @@ def test_alert_protects_the_clean_snapshot_boosts_cadence_and_learns_only_normal
     clock = Clock(t0)
     opts = ProtectOptions([str(src)], interval=2.0)
     alerts_file = tmp_path / "alerts.jsonl"
-    sentinel = Sentinel(repo, opts, SentinelOptions(
+    sentinel = ProtectSentinel(repo, opts, SentinelOptions(
         alerts_file=str(alerts_file), state_path=str(tmp_path / "state" / "detector.pkl"),
         boost_seconds=600.0), clock=clock)
     sentinel.start()
@@ -151,7 +154,7 @@ def test_a_slow_attack_looks_back_to_its_first_file(tmp_path, repo):
     t0 = time.time() - 1000  # simulated times in the past: real ctimes come after them
     clock = Clock(t0)
     opts = ProtectOptions([str(src)], interval=2.0)
-    sentinel = Sentinel(repo, opts, SentinelOptions(), clock=clock)
+    sentinel = ProtectSentinel(repo, opts, SentinelOptions(), clock=clock)
     sentinel.start()
     assert sentinel.primed.wait(10)
     sentinel.on_point(point("a" * 64, t0, t0 + 1))
@@ -189,7 +192,7 @@ def test_look_back_follows_encrypted_files_not_busy_benign_work(tmp_path, repo):
     docs = make_docs(src, 12)
     t0 = time.time() - 1000
     clock = Clock(t0)
-    sentinel = Sentinel(repo, ProtectOptions([str(src)]), SentinelOptions(),
+    sentinel = ProtectSentinel(repo, ProtectOptions([str(src)]), SentinelOptions(),
                         detector=StubDetector(), clock=clock)
     sentinel.start()
     assert sentinel.primed.wait(10)
@@ -300,3 +303,98 @@ def test_protect_with_alerts_end_to_end(tmp_path):
     assert clean not in load_protected(r)
     run_corestate("forget", "--keep-last", "1", "--repo", str(repo))
     assert clean not in snapshot_ids(repo)
+
+
+# -- distributed mode: the agent's sentinel ----------------------------------------------
+
+def committed(run: str, restic_id: str, t: float, host: str = "h1",
+              paths: tuple[str, ...] = ()) -> SnapshotCommitted:
+    return SnapshotCommitted(snapshot_id=run, restic_id=restic_id, host=host, paths=paths,
+                             time=datetime.fromtimestamp(t, timezone.utc), tree="cd" * 32,
+                             files=1, bytes_added=0)
+
+
+def attack(clock: Clock, t: float, docs: list[Path]) -> ChangeBatch:
+    clock.t = t
+    for d in docs:
+        encrypt(d)
+        os.utime(d, (t - 0.2, t - 0.2))
+    return written(*docs)
+
+
+def test_agent_sentinel_waits_for_the_commit_of_the_last_run_before_the_attack(tmp_path):
+    src = tmp_path / "src"
+    docs = make_docs(src, 8)
+    t0 = time.time() - 1000
+    clock = Clock(t0)
+    alerts_file = tmp_path / "alerts.jsonl"
+    sentinel = AgentSentinel([str(src)], SentinelOptions(host="h1", alerts_file=str(alerts_file)),
+                             clock=clock)
+    sentinel.start()
+    assert sentinel.primed.wait(10)
+    paths = (str(src),)
+    sentinel.on_committed(committed("earlier-session", "e" * 64, t0 - 500, paths=paths))
+    sentinel.on_run("r1", settled=t0 + 1)
+    sentinel.on_committed(committed("r1", "f" * 64, t0 + 2, host="other", paths=paths))  # not ours
+    sentinel.on_batch(attack(clock, t0 + 40, docs[:3]))
+    assert len(sentinel.alerts) == 1 and sentinel.drain() == []  # held: r1 may still commit
+    assert not alerts_file.exists()
+    sentinel.on_run("r2", settled=t0 + 41)  # the run that captured the attack
+    clock.t = t0 + 42
+    sentinel.on_committed(committed("r2", "b" * 64, t0 + 40.5, paths=paths))
+    assert sentinel.drain() == []  # r2 is not clean: still waiting for r1
+    sentinel.on_committed(committed("r1", "a" * 64, t0, paths=paths))
+    [event] = sentinel.drain()
+    assert event.clean_snapshot == "a" * 64 and event.host == "h1" and event.score >= 0.5
+    assert alert_id(event) == sentinel.alerts[0].id  # the guard records it under this id
+    assert set(event.paths[:3]) == {os.fsencode(d) for d in docs[:3]}
+    assert event.top_features and event.reason
+    assert json.loads(alerts_file.read_text())["clean_snapshot"] == "a" * 64
+    sentinel.close()
+
+
+def test_agent_sentinel_falls_back_to_an_earlier_session_when_the_run_never_commits(tmp_path):
+    src = tmp_path / "src"
+    docs = make_docs(src, 8)
+    t0 = time.time() - 1000
+    clock = Clock(t0)
+    sentinel = AgentSentinel([str(src)], SentinelOptions(host="h1", commit_wait=30.0), clock=clock)
+    sentinel.start()
+    assert sentinel.primed.wait(10)
+    sentinel.on_committed(committed("s-old", "c" * 64, t0 - 900, paths=(str(src),)))
+    sentinel.on_committed(committed("s-newer", "e" * 64, t0 - 500, paths=(str(src),)))
+    sentinel.on_run("r1", settled=t0 + 1)  # its snapshot is rejected: no commit will come
+    sentinel.on_batch(attack(clock, t0 + 20, docs[:3]))
+    assert sentinel.alerts and sentinel.drain() == []
+    clock.t = t0 + 1 + 31
+    sentinel.tick()
+    [event] = sentinel.drain()
+    assert event.clean_snapshot == "e" * 64  # the newest from before this session
+
+
+def test_a_path_that_is_not_utf8_is_shown_escaped_in_alert_lines_and_the_ledger(tmp_path, repo):
+    src = tmp_path / "src"
+    docs = make_docs(src, 4)
+    odd = os.fsencode(str(src / "docs")) + b"/caf\xe9.txt"
+    with open(odd, "wb") as f:
+        f.write(prose(20_000, seed=7))
+    t0 = time.time() - 1000
+    clock = Clock(t0)
+    alerts_file = tmp_path / "alerts.jsonl"
+    sentinel = ProtectSentinel(repo, ProtectOptions([str(src)]),
+                               SentinelOptions(alerts_file=str(alerts_file)),
+                               detector=StubDetector(), clock=clock)
+    sentinel.start()
+    assert sentinel.primed.wait(10)
+    clock.t = t0 + 10
+    for p in (odd, *map(os.fsencode, docs)):
+        encrypt(Path(os.fsdecode(p)))
+    kinds = {p: {"modify", "close_write"} for p in (odd, *map(os.fsencode, docs))}
+    sentinel.on_batch(ChangeBatch(dirty_dirs=frozenset({os.path.dirname(odd)}),
+                                  paths=frozenset(kinds), kinds=kinds))
+    [alert] = sentinel.alerts
+    assert os.fsencode(alert.paths[0]) in kinds  # kept exact: events carry the raw bytes
+    line = json.loads(alerts_file.read_text())
+    assert os.fsdecode(str(src / "docs")) + "/caf\\xe9.txt" in line["paths"]
+    assert AlertLedger(repo).load()[0].paths == line["paths"]
+    sentinel.close()

@@ -173,3 +173,167 @@ def test_the_agent_scan_sends_ancestors_entries_and_segments_in_order(tmp_path: 
     [end] = [e for e in events if isinstance(e, FileEnd) and e.path.endswith(b"/big")]
     assert (end.size, end.segments, end.consistent) == ((1 << 20) + 10, 2, True)
     assert summary.files == 1 and summary.errors == []
+
+
+# -- incremental runs (CommitStage onto a parent) --------------------------------------
+
+def commit_run(repo: Repository, captures: list[Event], partitions: int = 2) -> list[Emit]:
+    """Chain one run's capture events through the three stages; what the committer emits."""
+    chunker, packer, committer = ChunkStage(partitions), PackStage(repo, partitions), CommitStage(repo)
+    to_files: list[Emit] = []
+    acks: list[Emit] = []
+    for ev in captures:
+        for e in chunker.handle(0, decode(encode(ev))):
+            if e.topic == "files":
+                to_files.append(e)
+            else:
+                part = e.partition if e.partition is not None else e.event.blob_id[0] % partitions  # type: ignore[union-attr]
+                acks += packer.handle(part, e.event)
+    packer.close()
+    out: list[Emit] = []
+    for e in [*to_files, *acks]:
+        out += committer.handle(0, e.event)
+    return out
+
+
+def run_events(src: Path, sid: str, increment: object = None) -> list[Event]:
+    from dataclasses import replace
+
+    from corestate.agents.agent import Increment, scan_changes
+
+    m = replace(marker("end", 1, sid=sid), paths=(str(src),))
+    if isinstance(increment, Increment):
+        m = replace(m, parent=increment.parent, rescanned=tuple(sorted(increment.rescanned)),
+                    removed=tuple(sorted(increment.removed)))
+    events: list[Event] = [replace(m, kind="begin")]
+    if isinstance(increment, Increment):
+        scan_changes([str(src)], "h", sid, events.append, increment)
+    else:
+        scan([str(src)], "h", sid, events.append)
+    events.append(m)
+    return events
+
+
+def snapshot_nodes(repo: Repository, restic_id: str) -> dict[bytes, tuple[object, ...]]:
+    """Every node of a snapshot but its atime (reading a file changes it)."""
+    from corestate.repository.walk import walk
+
+    snap = repo.load_snapshot(restic_id)
+    return {path: (n.type, n.mode, n.size, n.mtime, n.uid, n.linktarget,
+                   tuple(n.content or ()) if n.type == "file" else None)
+            for path, n in walk(repo, snap.tree)}
+
+
+@pytest.mark.parametrize("watcher_kind", ["inotify", "fanotify"])
+def test_an_incremental_run_is_assembled_onto_its_parent(tmp_path: Path, repo: Repository,
+                                                         watcher_kind: str) -> None:
+    from corestate.agents.agent import Changes
+    from corestate.errors import PermanentError
+    from corestate.kernel.fanotify import FanotifyWatcher
+    from corestate.kernel.watch import Watcher
+
+    src = tmp_path / "srv"
+    for d in ("keep/sub", "edit", "old/inner", "quiet", "dswap/x"):
+        (src / d).mkdir(parents=True)
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))
+    (src / "keep" / "sub" / "k.txt").write_text("kept\n")
+    (src / "edit" / "f.txt").write_text("version 1\n")
+    (src / "gone.txt").write_text("to be deleted\n")
+    (src / "old" / "a.txt").write_text("moved along\n")
+    (src / "old" / "inner" / "b.txt").write_text("deep\n")
+    (src / "quiet" / "q.txt").write_text("untouched\n")
+    (src / "swap").write_text("a file, then a directory\n")
+    (src / "dswap" / "x" / "y.txt").write_text("a directory, then a file\n")
+    os.link(src / "keep" / "sub" / "k.txt", src / "keep" / "hard")
+    roots = [os.fsencode(str(src))]
+    if watcher_kind == "fanotify":
+        try:
+            watching: FanotifyWatcher | Watcher = FanotifyWatcher(roots)
+        except PermanentError as exc:
+            pytest.skip(f"no fanotify here: {exc}")
+    else:
+        watching = Watcher(roots)
+    with watching as watcher:
+        [first] = [e.event for e in commit_run(repo, run_events(src, "s1"))]
+        assert first.files == 10  # type: ignore[union-attr]
+        (src / "edit" / "f.txt").write_text("version 2, longer\n")
+        os.chmod(src / "edit", 0o700)
+        (src / "swap").unlink()
+        (src / "swap").mkdir()
+        (src / "swap" / "in.txt").write_text("inside\n")
+        for sub in ("dswap/x/y.txt", "dswap/x", "dswap"):
+            (src / sub).unlink() if sub.endswith(".txt") else (src / sub).rmdir()
+        (src / "dswap").write_bytes(b"now a file\n")
+        with open(os.fsencode(str(src)) + b"/caf\xe9.txt", "wb") as f:
+            f.write(b"latin-1 name\n")
+        (src / "gone.txt").unlink()
+        (src / "old").rename(src / "new")
+        (src / "new" / "inner" / "c.txt").write_text("added in the moved dir\n")
+        (src / "fresh" / "deeper").mkdir(parents=True)
+        (src / "fresh" / "deeper" / "x.txt").write_text("new subtree\n")
+        changes = Changes()
+        while (batch := watcher.poll(0.5)) is not None:
+            changes.add(batch)
+    increment = changes.plan([str(src)], first.restic_id)  # type: ignore[union-attr]
+    assert increment is not None
+    root = os.fsencode(str(src))
+    assert increment.removed == {root + b"/gone.txt", root + b"/old"}
+    assert {root + b"/new", root + b"/new/inner", root + b"/fresh", root + b"/fresh/deeper",
+            root + b"/swap"} == increment.rescanned  # new and moved-in subtrees, whole
+    assert root + b"/edit/f.txt" in increment.entries and root + b"/quiet" not in increment.entries
+    captures = run_events(src, "s2", increment)
+    sent = {e.path for e in captures if isinstance(e, FileBegin)}
+    # the big file beside the deleted one is not read again, nor anything untouched
+    assert root + b"/big.bin" not in sent and root + b"/quiet/q.txt" not in sent
+    assert root + b"/keep/sub/k.txt" not in sent and root + b"/new/a.txt" in sent
+    [second] = [e.event for e in commit_run(repo, captures)]
+    snap = repo.load_snapshot(second.restic_id)  # type: ignore[union-attr]
+    assert snap.parent == first.restic_id  # type: ignore[union-attr]
+    # exactly what a full run of the same tree gives
+    [full] = [e.event for e in commit_run(repo, run_events(src, "s3"))]
+    assert second.files == full.files == 12  # type: ignore[union-attr]
+    got = snapshot_nodes(repo, second.restic_id)  # type: ignore[union-attr]
+    assert got == snapshot_nodes(repo, full.restic_id)  # type: ignore[union-attr]
+    assert root + b"/new/inner/b.txt" in got and root + b"/old" not in got
+    assert root + b"/gone.txt" not in got and root + b"/fresh/deeper/x.txt" in got
+
+
+def test_an_incremental_run_whose_parent_is_gone_is_rejected(tmp_path: Path, repo: Repository) -> None:
+    from dataclasses import replace
+
+    stage = CommitStage(repo)
+    end = replace(marker("end", 1, source=0), parent="ab" * 32, rescanned=(b"/srv",))
+    assert list(stage.handle(0, FileManifest(snapshot_id="s1", path=b"/srv/f", node=META,
+                                             blobs=()))) == []
+    assert list(stage.handle(0, end)) == []
+    with pytest.raises(RejectedEventError, match="its parent abababab"):
+        list(stage.handle(0, BarrierAck(snapshot_id="s1", packer_partition=0, durable=True,
+                                        partition_count=1)))
+    assert stage.idle() and repo.list_snapshots() == []
+
+
+def test_assembly_onto_a_parent_merges_removes_and_lets_a_captured_file_win() -> None:
+    from corestate.pipeline.assemble import Parent, assemble, count_files
+    from corestate.repository.tree import decode_tree
+
+    d = NodeMeta(type="dir", mode=0o755 | (1 << 31), mtime=2, atime=2, ctime=2, uid=0, gid=0)
+    stored: dict[bytes, bytes] = {}
+
+    def store(tree_id: bytes, blob: bytes) -> None:
+        stored[tree_id] = blob
+
+    def load(tree_id: bytes) -> list:  # type: ignore[type-arg]
+        return decode_tree(stored[tree_id])
+
+    blob = (b"\x01" * 32,)
+    parent = assemble({b"/s": d, b"/s/x": d, b"/s/x/a": META, b"/s/y": d, b"/s/y/b": META,
+                       b"/s/z": META}, {b"/s/x/a": blob, b"/s/y/b": blob, b"/s/z": blob}, store)
+    walked: dict[bytes, int] = {}
+    inc = assemble({b"/s": d, b"/s/x": META}, {b"/s/x": blob}, store,  # x: a dir, now a file
+                   Parent(parent.root, load,
+                          lambda t: count_files(t, load, walked),
+                          removed={b"/s/x/a", b"/s/z"}))
+    want = assemble({b"/s": d, b"/s/x": META, b"/s/y": d, b"/s/y/b": META},
+                    {b"/s/x": blob, b"/s/y/b": blob}, store)
+    assert inc.root == want.root and inc.files == want.files == 2
+    assert walked  # y was taken whole: its files counted from its stored tree, not rebuilt
