@@ -15,7 +15,7 @@ from corestate.connectors.kafka_topics import DEFAULT_PREFIX, client_config
 @cli.command()
 @click.option("--bootstrap", metavar="HOST:PORT[,...]",
               help="Kafka bootstrap servers (else CORESTATE_KAFKA_BOOTSTRAP_SERVERS).")
-@click.option("--roles", default="chunk,pack,commit", show_default=True,
+@click.option("--roles", default="chunk,pack,commit,guard", show_default=True,
               help="Comma-separated roles to run in this process: chunk, pack, commit, guard "
                    "(protects the clean snapshot an alert names).")
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Topic name prefix.")

@@ -48,7 +48,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from corestate.connectors.kafka_topics import key_for, spec
-from corestate.errors import CoreStateError, PermanentError, RetryableError
+from corestate.errors import (CoreStateError, PermanentError, RepositoryLockedError,
+                              RetryableError)
 from corestate.pipeline.share import IndexShare
 from corestate.pipeline.stages import (ChunkStage, CommitStage, Emit, PackStage,
                                        RejectedEventError)
@@ -65,6 +66,7 @@ INPUTS = {"chunk": ("captures",), "pack": ("chunks",), "commit": ("files", "stor
 COMMIT_SECONDS = 1.0
 PACK_FLUSH_SECONDS = 30.0
 SESSION_TIMEOUT = 10.0  # a killed worker's partitions move after this long
+RETRY_MAX_SECONDS = 30.0
 
 
 class Role:
@@ -89,26 +91,46 @@ class Role:
         self.dead_letters = 0
 
     async def handle(self, event: Any) -> None:
+        """Run the record through the stage, produce what it emits, and acknowledge what
+        became safe. A transient failure (storage away, a repository locked by prune)
+        is retried with backoff, the lock released in between; other failures stop the
+        worker (nothing unacknowledged is lost: it is replayed)."""
         msg = event.message
-        async with self.lock:
-            generation = self.generation
-            barrier = None
-            try:
-                decoded = decode(msg.value or b"")
-                if isinstance(decoded, SnapshotMarker) and decoded.kind == "end":
-                    barrier = decoded.snapshot_id
-                emits = list(self.stage.handle(msg.partition, decoded))
-            except (UndecodableEventError, RejectedEventError) as exc:
-                emits = [self._dead_letter(msg, getattr(exc, "reason", None) or str(exc))]
-            except Exception as exc:  # storage away, a bug: stop; unacknowledged is replayed
-                self._fail(exc)
-                return
-            for emit in emits:
-                await self._send(emit)
-            if generation != self.generation:
-                return  # partitions moved meanwhile: the new owner replays this record
-            self._pending.append((event, barrier))
-            self._settle(msg.partition)
+        generation = self.generation
+        delay = 1.0
+        while True:
+            async with self.lock:
+                if generation != self.generation:
+                    return  # partitions moved meanwhile: the new owner replays this record
+                try:
+                    await self._handle_once(event)
+                    return
+                except (RetryableError, RepositoryLockedError) as exc:
+                    log.warning("%s: %s[%d]@%d: %s; retrying in %.0fs", self.name, msg.topic,
+                                msg.partition, msg.offset, exc, delay)
+                except Exception as exc:  # a bug, a permanent storage error
+                    self._fail(exc)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    async def _handle_once(self, event: Any) -> None:
+        msg = event.message
+        generation = self.generation
+        barrier = None
+        try:
+            decoded = decode(msg.value or b"")
+            if isinstance(decoded, SnapshotMarker) and decoded.kind == "end":
+                barrier = decoded.snapshot_id
+            emits = list(self.stage.handle(msg.partition, decoded))
+        except (UndecodableEventError, RejectedEventError) as exc:
+            emits = [self._dead_letter(msg, getattr(exc, "reason", None) or str(exc))]
+        for emit in emits:
+            await self._send(emit)
+        if generation != self.generation:
+            return  # partitions moved meanwhile: the new owner replays this record
+        self._pending.append((event, barrier))
+        self._settle(msg.partition)
 
     def _dead_letter(self, msg: Any, reason: str) -> Emit:
         log.warning("%s[%d]@%d to the dead-letter topic: %s", msg.topic, msg.partition,

@@ -57,12 +57,13 @@ class Cluster:
             raise AssertionError(f"agent exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def worker(self, repo: Path, roles: str = "chunk,pack,commit",
+    def worker(self, repo: Path, roles: str | None = None,
                log: Path | None = None) -> subprocess.Popen[bytes]:
+        """A worker process; ``roles`` None runs the default roles (all of them)."""
         out = open(log, "ab") if log else subprocess.DEVNULL
         return subprocess.Popen(self.cli("worker", "--bootstrap", self.broker.bootstrap,
-                                         "--repo", str(repo), "--roles", roles,
-                                         "--prefix", self.prefix),
+                                         "--repo", str(repo), "--prefix", self.prefix,
+                                         *(("--roles", roles) if roles else ())),
                                 stdout=out, stderr=out, env=self.env(), cwd=ROOT)
 
     def consume(self, suffix: str, count: int, timeout: float = 120) -> list[tuple[bytes | None, bytes]]:

@@ -348,3 +348,43 @@ def test_a_restarted_packer_recovers_its_index_share_from_the_changelog(tmp_path
                    if loc.pack in new_packs and loc.blob.type == BlobType.DATA]
     assert data_in_new == []
     run_restic("-r", str(repo), "check", "--read-data")
+
+
+def test_an_alert_on_the_alerts_topic_protects_its_clean_snapshot(tmp_path: Path,
+                                                                  cluster: Cluster) -> None:
+    """The worker's guard role (on by default) reads <prefix>.alerts and puts the alert's
+    clean snapshot on the repository's protection list, once, even when replayed."""
+    from datetime import datetime, timezone
+
+    from confluent_kafka import Producer
+
+    from corestate.maintenance.forget import load_protected
+    from corestate.schemas.codec import encode
+    from corestate.schemas.events import Alert
+
+    src = big_tree(tmp_path / "src", files=2, size=1 << 20)
+    repo = init_repo(tmp_path)
+    log = tmp_path / "worker.log"
+    worker = cluster.worker(repo, log=log)
+    try:
+        cluster.agent(str(src), host_id="h1")
+        [event] = committed(cluster, 1)
+        r = Repository.open(open_backend(str(repo)), PASSWORD)
+        assert load_protected(r) == []
+        alert = Alert(time=datetime.now(timezone.utc), host="h1", score=0.97,
+                      reason="entropy +9σ", paths=(b"/srv/a",), clean_snapshot=event.restic_id)
+        p = Producer({"bootstrap.servers": cluster.broker.bootstrap})
+        for _ in range(2):  # a replay must not add it twice
+            p.produce(f"{cluster.prefix}.alerts", key=b"h1", value=encode(alert))
+        p.flush(30)
+        deadline = time.monotonic() + 60
+        while load_protected(r) != [event.restic_id]:
+            assert time.monotonic() < deadline and worker.poll() is None, log.read_text()
+            time.sleep(0.5)
+    finally:
+        stop(worker)
+    alerts = run_corestate("alerts", "list", "--repo", str(repo), "--json")
+    assert event.restic_id in alerts.stdout
+    forget = run_corestate("forget", "--repo", str(repo), "--keep-last", "0", "--prune",
+                           check=False)
+    assert (repo / "snapshots" / event.restic_id).exists(), forget.stdout + forget.stderr
