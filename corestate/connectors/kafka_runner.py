@@ -207,6 +207,9 @@ class Role:
                 self._ack()
             self._pending.clear()
             self.stage.reset()
+            # reset flushed (nothing pending): that flush must not acknowledge the next
+            # record, which would commit a chunk not yet durable (a kill then lost it)
+            self._seen_flushes = getattr(self.stage, "flushes", 0)
             self.generation += 1
 
     def close(self) -> None:
