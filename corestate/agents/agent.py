@@ -38,7 +38,9 @@ confluent-kafka producer and returns only when every record is acknowledged;
 on the previous run once ``<prefix>.snapshots`` (:class:`CommitFeed`) shows it
 committed (it waits up to ``parent_wait`` seconds for that), else full. With an
 :class:`~corestate.agents.sentinel.AgentSentinel` it also feeds the batches and the
-commits to the anomaly detector, which publishes alerts on ``<prefix>.alerts``.
+commits to the anomaly detector, which publishes alerts on ``<prefix>.alerts``. Each
+takes a *codec* (:class:`~corestate.schemas.codec.Codec`): with a schema registry, events
+go out with registry framing; without, in Avro single-object encoding.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from corestate.schemas.events import (MAX_SEGMENT, DataSegment, Delete, Event, F
 
 if TYPE_CHECKING:
     from corestate.agents.sentinel import AgentSentinel
+    from corestate.schemas.codec import Codec
 
 log = logging.getLogger("corestate.agents.agent")
 
@@ -396,14 +399,18 @@ def _subdirs(top: bytes, excluded: Callable[[bytes], bool]) -> list[bytes]:
 
 class CapturePublisher:
     """An idempotent producer to ``<prefix>.captures`` that publishes whole runs (and, on
-    ``<prefix>.alerts``, alerts)."""
+    ``<prefix>.alerts``, alerts), encoded by ``codec`` (default: single-object)."""
 
-    def __init__(self, client: Mapping[str, str], prefix: str = "corestate") -> None:
+    def __init__(self, client: Mapping[str, str], prefix: str = "corestate",
+                 codec: Codec | None = None) -> None:
         try:
             from confluent_kafka import KafkaException, Producer
         except ModuleNotFoundError:
             raise PermanentError("Kafka support is not installed: pip install 'corestate[kafka]'") from None
         from corestate.connectors.kafka_topics import PRODUCER_DEFAULTS, spec
+        from corestate.schemas.codec import Codec
+
+        self.codec = codec if codec is not None else Codec()
 
         self.topic = spec("captures").name(prefix)
         self.alerts_topic = spec("alerts").name(prefix)
@@ -428,9 +435,8 @@ class CapturePublisher:
     def _produce(self, topic: str, event: Event, partition: int | None = None,
                  on_delivery: Callable[[Any, Any], None] | None = None) -> None:
         from corestate.connectors.kafka_topics import key_for
-        from corestate.schemas.codec import encode
 
-        value = encode(event)
+        value = self.codec.encode(event)
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key_for(event),
@@ -495,16 +501,21 @@ class CapturePublisher:
 class CommitFeed:
     """The ``SnapshotCommitted`` events of ``<prefix>.snapshots``, every one from the
     start (the topic is compacted: it holds every snapshot committed), read without a
-    consumer group."""
+    consumer group, decoded by ``codec`` (either wire format; registry framing needs its
+    registry)."""
 
     _PRODUCER_ONLY = frozenset({"acks", "enable.idempotence", "compression.type",
                                 "compression.codec", "partitioner", "linger.ms",
                                 "queue.buffering.max.kbytes", "message.max.bytes"})
 
-    def __init__(self, client: Mapping[str, str], prefix: str = "corestate") -> None:
+    def __init__(self, client: Mapping[str, str], prefix: str = "corestate",
+                 codec: Codec | None = None) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
         from corestate.connectors.kafka_topics import spec
+        from corestate.schemas.codec import Codec
+
+        self.codec = codec if codec is not None else Codec()
 
         self.topic = spec("snapshots").name(prefix)
         conf = {k: v for k, v in client.items() if k not in self._PRODUCER_ONLY}
@@ -522,7 +533,6 @@ class CommitFeed:
                               for p in meta.partitions])
 
     def poll(self, timeout: float = 0.0) -> list[SnapshotCommitted]:
-        from corestate.schemas.codec import decode
         from corestate.schemas.errors import UndecodableEventError
 
         out: list[SnapshotCommitted] = []
@@ -532,9 +542,11 @@ class CommitFeed:
                 if msg.error():
                     continue
                 try:
-                    out.append(decode(msg.value() or b"", SnapshotCommitted))
+                    out.append(self.codec.decode(msg.value() or b"", SnapshotCommitted))
                 except UndecodableEventError as exc:
                     log.debug("%s@%d: %s", self.topic, msg.offset(), exc.reason)
+                except RetryableError as exc:  # the registry is away: the next run is full
+                    log.warning("%s@%d not read: %s", self.topic, msg.offset(), exc)
             if len(msgs) < 500:
                 break
         return out
@@ -545,10 +557,11 @@ class CommitFeed:
 
 def publish_once(paths: list[str], client: Mapping[str, str], host: str | None = None,
                  prefix: str = "corestate", excludes: list[str] | None = None,
-                 tags: list[str] | None = None, timeout: float = 300.0) -> ScanSummary:
+                 tags: list[str] | None = None, timeout: float = 300.0,
+                 codec: Codec | None = None) -> ScanSummary:
     """Scan ``paths`` once and publish the run to ``<prefix>.captures`` (see
-    :meth:`CapturePublisher.publish_run`)."""
-    return CapturePublisher(client, prefix).publish_run(
+    :meth:`CapturePublisher.publish_run`), encoded by ``codec``."""
+    return CapturePublisher(client, prefix, codec).publish_run(
         paths, host or socket.gethostname(), excludes, tags, timeout)
 
 
@@ -557,7 +570,8 @@ def watch(paths: list[str], client: Mapping[str, str], host: str, stop: threadin
           tags: list[str] | None = None,
           on_run: Callable[[ScanSummary], None] = lambda s: None,
           sentinel: AgentSentinel | None = None, parent_wait: float = 60.0,
-          unwatched_rescan: float = 60.0, retry_after: float = 5.0) -> None:
+          unwatched_rescan: float = 60.0, retry_after: float = 5.0,
+          codec: Codec | None = None) -> None:
     """Publish a full run, then one whenever something under ``paths`` changes, until
     ``stop`` is set (see the module docstring). The watcher (fanotify where permitted,
     else inotify) starts before the first scan, so no change is missed between runs.
@@ -566,11 +580,12 @@ def watch(paths: list[str], client: Mapping[str, str], host: str, stop: threadin
     after it was published) so that it can build on it; a run that fails to publish
     (brokers away) is tried again ``retry_after`` seconds later, as a full run.
     ``sentinel`` (optional) gets every batch, every run and every commit; its alerts
-    are published on ``<prefix>.alerts``."""
+    are published on ``<prefix>.alerts``. ``codec`` encodes what is published and
+    decodes the commits."""
     from corestate.kernel.fanotify import open_watcher
 
-    publisher = CapturePublisher(client, prefix)
-    feed = CommitFeed(client, prefix)
+    publisher = CapturePublisher(client, prefix, codec)
+    feed = CommitFeed(client, prefix, codec)
     matcher = ExcludeMatcher(excludes or [])
     watched = sorted({r if _is_dir(r) else os.path.dirname(r) for r in _roots(paths)})
     unsent: list[Event] = []  # alerts to publish again

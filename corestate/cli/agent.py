@@ -2,7 +2,9 @@
 mode; see docs/distributed.md).
 
 librdkafka client settings (TLS, SASL, compression, ...) come from ``--kafka-config FILE``
-and ``CORESTATE_KAFKA_*`` environment variables, as for ``corestate topics``.
+and ``CORESTATE_KAFKA_*`` environment variables, as for ``corestate topics``. With
+``--schema-registry URL`` (or ``CORESTATE_SCHEMA_REGISTRY_URL``; client settings from
+``CORESTATE_SCHEMA_REGISTRY_*``) events go out with schema-registry framing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import click
 
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
-from corestate.connectors.kafka_topics import DEFAULT_PREFIX, client_config
+from corestate.connectors.kafka_topics import DEFAULT_PREFIX, client_config, open_schema_registry
 from corestate.errors import IncompleteBackupError, PermanentError
 
 if TYPE_CHECKING:
@@ -37,6 +39,11 @@ if TYPE_CHECKING:
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Topic name prefix.")
 @click.option("--kafka-config", type=click.Path(dir_okay=False), metavar="FILE",
               help="librdkafka settings as a properties file.")
+@click.option("--schema-registry", "schema_registry", metavar="URL",
+              help="Encode events with schema-registry framing, registering their schemas "
+                   "at this Confluent-compatible registry (else CORESTATE_SCHEMA_REGISTRY_URL; "
+                   "default: Avro single-object encoding, no registry). Client settings from "
+                   "CORESTATE_SCHEMA_REGISTRY_* (e.g. _BASIC_AUTH_USER_INFO=user:password).")
 @click.option("--detect/--no-detect", default=None,
               help="While watching, score the changes for ransomware-like behaviour and "
                    "publish alerts on <prefix>.alerts (needs corestate[models]). Default: on "
@@ -50,8 +57,8 @@ if TYPE_CHECKING:
 @pass_ctx
 def agent(ctx: Context, paths: tuple[str, ...], bootstrap: str | None, host_id: str | None,
           once: bool, excludes: tuple[str, ...], tags: tuple[str, ...], prefix: str,
-          kafka_config: str | None, detect: bool | None, alerts_file: str | None,
-          parent_wait: float) -> None:
+          kafka_config: str | None, schema_registry: str | None, detect: bool | None,
+          alerts_file: str | None, parent_wait: float) -> None:
     """Publish PATHS as snapshots' capture events to <prefix>.captures.
 
     With --once: one run (one snapshot), then exit when every record is acknowledged.
@@ -61,10 +68,12 @@ def agent(ctx: Context, paths: tuple[str, ...], bootstrap: str | None, host_id: 
     chunk, store and commit each run.
     """
     from corestate.agents.agent import ScanSummary, publish_once, watch
+    from corestate.schemas.codec import Codec
 
     if once and (alerts_file or detect):
         raise PermanentError("--alerts and --detect need a watching agent (without --once)")
     client = client_config(kafka_config, bootstrap=bootstrap)
+    codec = Codec(open_schema_registry(schema_registry))  # fail now if it does not answer
     if not ctx.verbose:
         client.setdefault("log_level", "2")
     host = host_id or socket.gethostname()
@@ -93,10 +102,11 @@ def agent(ctx: Context, paths: tuple[str, ...], bootstrap: str | None, host_id: 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         watch(list(paths), client, host, stop, prefix=prefix, excludes=list(excludes),
-              tags=list(tags), on_run=report, sentinel=sentinel, parent_wait=parent_wait)
+              tags=list(tags), on_run=report, sentinel=sentinel, parent_wait=parent_wait,
+              codec=codec)
         return
     summary = publish_once(list(paths), client, host=host, prefix=prefix,
-                           excludes=list(excludes), tags=list(tags))
+                           excludes=list(excludes), tags=list(tags), codec=codec)
     report(summary)
     if summary.errors:
         raise IncompleteBackupError(f"{len(summary.errors)} file(s) could not be read (listed above)")

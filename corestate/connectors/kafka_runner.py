@@ -25,7 +25,12 @@ Terms:
   the last committed offsets; replay is harmless because storage writes are
   content-addressed and the committer does not write a snapshot twice;
 - a record that does not decode, or that its stage rejects, goes to ``<prefix>.dlq`` as a
-  :class:`DeadLetter` with the reason, and is acknowledged; processing goes on.
+  :class:`DeadLetter` with the reason, and is acknowledged; processing goes on;
+- the *codec* (:class:`~corestate.schemas.codec.Codec`) decodes every record (either
+  wire format) and encodes what the roles emit: Avro single-object encoding, or
+  schema-registry framing when it has a registry (``--schema-registry``). A
+  registry-framed record whose schema id the registry does not have is dead-lettered
+  like any undecodable record; a registry that does not answer is retried.
 
 On a rebalance (faust's is eager: every partition is revoked, then the new set assigned
 and read from its committed offsets) each role makes what it can durable, acknowledges
@@ -41,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -54,7 +60,7 @@ from corestate.pipeline.share import IndexShare
 from corestate.pipeline.stages import (ChunkStage, CommitStage, Emit, PackStage,
                                        RejectedEventError)
 from corestate.repository.repository import Repository
-from corestate.schemas.codec import decode, encode
+from corestate.schemas.codec import Codec
 from corestate.schemas.errors import UndecodableEventError
 from corestate.schemas.events import DeadLetter, SnapshotMarker
 
@@ -73,12 +79,14 @@ class Role:
     """One role's stage, its unacknowledged records, and the rules for acknowledging them.
 
     ``handle`` and the periodic/rebalance hooks run on the app's event loop and take
-    ``lock`` so that a stage is never used by two of them at once."""
+    ``lock`` so that a stage is never used by two of them at once. ``codec`` decodes the
+    records (default: no registry, so registry-framed records are dead-lettered)."""
 
     def __init__(self, name: str, stage: Any, send: Callable[[Emit], Any],
-                 fail: Callable[[BaseException], None]) -> None:
+                 fail: Callable[[BaseException], None], codec: Codec | None = None) -> None:
         self.name = name
         self.stage = stage
+        self.codec = codec if codec is not None else Codec()
         self._send = send
         self._fail = fail
         self.lock = asyncio.Lock()
@@ -119,7 +127,7 @@ class Role:
         generation = self.generation
         barrier = None
         try:
-            decoded = decode(msg.value or b"")
+            decoded = self.codec.decode(msg.value or b"")
             if isinstance(decoded, SnapshotMarker) and decoded.kind == "end":
                 barrier = decoded.snapshot_id
             emits = list(self.stage.handle(msg.partition, decoded))
@@ -270,10 +278,14 @@ def _topic_layout(client: Mapping[str, str], prefix: str, roles: Sequence[str]) 
 
 def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callable[[], Repository],
               prefix: str, abandon_after: float, resources: ExitStack,
-              fail: Callable[[BaseException], None]) -> tuple[Any, list[Role]]:
+              fail: Callable[[BaseException], None],
+              codec: Codec | None = None) -> tuple[Any, list[Role]]:
     """The faust app running ``roles``; repositories are opened (and locked) on
-    ``resources``; ``fail`` is told of an error that must stop the worker."""
+    ``resources``; ``fail`` is told of an error that must stop the worker; ``codec``
+    decodes the records and encodes what the roles emit (default: single-object)."""
     import faust
+
+    codec = codec if codec is not None else Codec()
 
     for r in roles:
         if r not in ROLES:
@@ -282,6 +294,8 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
     biggest = max(spec(s).max_message_bytes for s in ("chunks", "captures", "dlq"))
     app = faust.App(
         f"{prefix}.worker", **faust_settings(client), store="memory://", web_enabled=False,
+        # faust wants a data directory even for memory tables; nothing in it outlives us
+        datadir=resources.enter_context(tempfile.TemporaryDirectory(prefix="corestate-worker-")),
         autodiscover=False, topic_replication_factor=replication,
         topic_partitions=chunk_partitions,
         broker_session_timeout=SESSION_TIMEOUT, broker_heartbeat_interval=2.0,
@@ -301,7 +315,8 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
         if emit.topic not in outputs:
             outputs[emit.topic] = topic(emit.topic)
         key = emit.key if emit.key is not None else key_for(emit.event)
-        await outputs[emit.topic].send(key=key, value=encode(emit.event), partition=emit.partition)
+        await outputs[emit.topic].send(key=key, value=codec.encode(emit.event),
+                                          partition=emit.partition)
 
     def repo() -> Repository:
         r = open_repo()
@@ -323,7 +338,7 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
         else:
             from corestate.pipeline.guard import AlertGuard
             stage = AlertGuard(repo())
-        role = Role(name, stage, send, fail)
+        role = Role(name, stage, send, fail, codec)
         built.append(role)
         source = app.topic(*(spec(s).name(prefix) for s in INPUTS[name]), key_type=bytes,
                            value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -351,9 +366,9 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
 
 def run_worker(client: Mapping[str, str], roles: Sequence[str], open_repo: Callable[[], Repository],
                prefix: str = "corestate", abandon_after: float = 3600.0,
-               loglevel: str = "WARNING") -> None:
+               loglevel: str = "WARNING", codec: Codec | None = None) -> None:
     """Run ``roles`` until SIGTERM or Ctrl-C; a stage's failure stops the worker and is
-    raised here."""
+    raised here. ``codec``: see :func:`build_app`."""
     import faust
 
     failures: list[BaseException] = []
@@ -366,7 +381,8 @@ def run_worker(client: Mapping[str, str], roles: Sequence[str], open_repo: Calla
             asyncio.ensure_future(workers[0].stop())
 
     with ExitStack() as resources:
-        app, built = build_app(client, roles, open_repo, prefix, abandon_after, resources, fail)
+        app, built = build_app(client, roles, open_repo, prefix, abandon_after, resources, fail,
+                               codec)
 
         async def drain() -> None:
             for role in built:

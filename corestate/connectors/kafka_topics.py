@@ -12,6 +12,10 @@ Terms:
 - *client config* is librdkafka configuration (``security.protocol``, ``sasl.*``,
   ``ssl.*``, ...) from a Java-style properties file and ``CORESTATE_KAFKA_*`` environment
   variables (``CORESTATE_KAFKA_SECURITY_PROTOCOL`` is ``security.protocol``);
+- *registry config* is the settings of a Confluent-compatible schema registry's client
+  (``basic.auth.user.info``, ``ssl.ca.location``, ...) from ``CORESTATE_SCHEMA_REGISTRY_*``
+  environment variables, named the same way (``CORESTATE_SCHEMA_REGISTRY_URL`` is the URL
+  that ``--schema-registry`` also gives);
 - *checking* a topic compares what the broker reports with the spec and names every
   difference; *creating* creates the missing topics and checks the rest (never alters
   or recreates an existing topic).
@@ -24,6 +28,9 @@ Terms:
 b'h1\\x00/srv/x'
 >>> env_client_config({"CORESTATE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "HOME": "/root"})
 {'security.protocol': 'SASL_SSL'}
+>>> registry_config({"CORESTATE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "u:p",
+...                  "CORESTATE_SCHEMA_REGISTRY_MAX_RETRIES": "5"})
+{'basic.auth.user.info': 'u:p', 'max.retries': 5}
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from corestate.errors import PermanentError, RetryableError
 from corestate.schemas.events import (MAX_CHUNK, MAX_SEGMENT, Alert, BarrierAck, Chunk,
@@ -52,6 +60,7 @@ is at most 4 KiB), Kafka record and batch headers."""
 DEFAULT_PREFIX = "corestate"
 DEFAULT_PARTITIONS = 6
 ENV_PREFIX = "CORESTATE_KAFKA_"
+REGISTRY_ENV_PREFIX = "CORESTATE_SCHEMA_REGISTRY_"
 
 PRODUCER_DEFAULTS: Mapping[str, str] = {
     "acks": "all",
@@ -453,3 +462,57 @@ class ConfluentSchemaRegistry:
         if text is None:
             raise LookupError(schema_id)
         return str(text)
+
+
+# The registry client's settings that it wants as numbers, not strings.
+_REGISTRY_NUMBERS = frozenset({"timeout", "cache.capacity", "cache.latest.ttl.sec", "max.retries",
+                               "retries.wait.ms", "retries.max.wait.ms"})
+
+
+def registry_config(environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Schema-registry client settings from ``CORESTATE_SCHEMA_REGISTRY_*`` variables, named
+    like :func:`env_client_config` (``..._BASIC_AUTH_USER_INFO`` is ``basic.auth.user.info``,
+    ``..._SSL_CA_LOCATION`` is ``ssl.ca.location``); ``..._URL`` is the registry's URL."""
+    env = os.environ if environ is None else environ
+    out: dict[str, object] = {}
+    for k, v in sorted(env.items()):
+        if not k.startswith(REGISTRY_ENV_PREFIX) or len(k) == len(REGISTRY_ENV_PREFIX):
+            continue
+        key = k[len(REGISTRY_ENV_PREFIX):].lower().replace("_", ".")
+        if key in _REGISTRY_NUMBERS:
+            try:
+                out[key] = float(v) if "." in v else int(v)
+            except ValueError:
+                raise PermanentError(f"{k} must be a number, not {v!r}") from None
+        else:
+            out[key] = v
+    return out
+
+
+def open_schema_registry(url: str | None = None,
+                         environ: Mapping[str, str] | None = None) -> ConfluentSchemaRegistry | None:
+    """The schema registry at ``url`` (else ``CORESTATE_SCHEMA_REGISTRY_URL``; None if
+    neither), with :func:`registry_config` settings, checked at once: every current event
+    schema is registered (the same call encoding makes later, then answered from the
+    client's cache), so a registry that is away, refuses the credentials or rejects a
+    schema fails here, in one line, rather than on the first record."""
+    from corestate.schemas.codec import CURRENT, subject
+
+    config = registry_config(environ)
+    env_url = config.pop("url", None)
+    url = url or (str(env_url) if env_url else None)
+    if url is None:
+        return None
+    registry = ConfluentSchemaRegistry(url, config)
+    parts = urlsplit(url)
+    shown = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))  # no credentials
+    try:
+        for name, version in sorted(CURRENT.items()):
+            registry.register(subject(name), version.text)
+    except (RetryableError, PermanentError) as exc:
+        why = exc.message.removeprefix("schema registry").lstrip(": ")
+        raise type(exc)(f"schema registry at {shown}: {why}") from None
+    except Exception as exc:  # e.g. a page that is not a registry's JSON
+        raise PermanentError(f"schema registry at {shown} does not answer as a Confluent-"
+                             f"compatible registry: {type(exc).__name__}: {exc}") from None
+    return registry
