@@ -228,18 +228,28 @@ def _check_roots(roots: list[bytes]) -> None:
             raise PermanentError(f"{os.fsdecode(root)}: no such file or directory")
 
 
-def scan(paths: list[str], host: str, snapshot_id: str, send: Callable[[Event], None],
-         excludes: list[str] | None = None, summary: ScanSummary | None = None) -> ScanSummary:
-    """Send the capture events of every entry of ``paths`` (without markers): a full run."""
-    summary = summary if summary is not None else ScanSummary(snapshot_id=snapshot_id)
-    scanner = _Scanner(host, snapshot_id, send, excludes, summary)
+def _start_run(paths: list[str], host: str, snapshot_id: str, send: Callable[[Event], None],
+               excludes: list[str] | None, summary: ScanSummary | None
+               ) -> tuple[_Scanner, list[bytes]]:
+    """A scanner for one run and its source paths, checked, after sending the
+    directories above each source path."""
+    scanner = _Scanner(host, snapshot_id, send, excludes,
+                       summary if summary is not None else ScanSummary(snapshot_id=snapshot_id))
     roots = _roots(paths)
     _check_roots(roots)
     for root in roots:
         for anc in _ancestors(root):
             scanner.once(anc)
+    return scanner, roots
+
+
+def scan(paths: list[str], host: str, snapshot_id: str, send: Callable[[Event], None],
+         excludes: list[str] | None = None, summary: ScanSummary | None = None) -> ScanSummary:
+    """Send the capture events of every entry of ``paths`` (without markers): a full run."""
+    scanner, roots = _start_run(paths, host, snapshot_id, send, excludes, summary)
+    for root in roots:
         scanner.tree(root)
-    return summary
+    return scanner.summary
 
 
 def scan_changes(paths: list[str], host: str, snapshot_id: str, send: Callable[[Event], None],
@@ -248,13 +258,9 @@ def scan_changes(paths: list[str], host: str, snapshot_id: str, send: Callable[[
     """Send the capture events of an incremental run (without markers): every source
     path that is no regular file (a directory's metadata), the changed entries and the
     entries of the rescanned directories, each with the directories on the way to it."""
-    summary = summary if summary is not None else ScanSummary(snapshot_id=snapshot_id)
-    scanner = _Scanner(host, snapshot_id, send, excludes, summary)
-    roots = _roots(paths)
-    _check_roots(roots)
+    scanner, roots = _start_run(paths, host, snapshot_id, send, excludes, summary)
+    summary = scanner.summary
     for root in roots:
-        for anc in _ancestors(root):
-            scanner.once(anc)
         if root in increment.entries or not _is_file(root):
             scanner.once(root)  # a directory's metadata, a changed file, a symlink...
     for path in sorted(increment.entries | increment.rescanned):
