@@ -37,34 +37,16 @@ START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
 PY="${PYTHON:-python3}"
 
-# Relative paths given by the caller are taken from the caller's cwd.
-abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+SERVICE=kafka
+JAVA_NEEDS="Kafka"
+# shellcheck source=../lib/jvm-service.sh
+. "$HERE/../lib/jvm-service.sh"
 DATA="$(abspath "$DATA")"
 LIBS="$(abspath "$LIBS")"
 PIDFILE="$DATA/kafka.pid"
 PROPS="$DATA/server.properties"
+WHERE="on 127.0.0.1:$PORT"
 LOGFILE="$DATA/broker.log"
-
-say() { printf 'kafka[%s]: %s\n' "$PORT" "$*"; }
-die() { printf 'kafka[%s]: error: %s\n' "$PORT" "$*" >&2; exit 1; }
-
-JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
-
-ensure_tools() {
-  local need=()
-  command -v "$JAVA" >/dev/null || need+=(default-jre-headless)
-  command -v mvn >/dev/null || need+=(maven)
-  if ((${#need[@]})); then
-    say "installing ${need[*]} (Debian packages)"
-    local sudo=""; [[ $(id -u) -eq 0 ]] || sudo=sudo
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-    JAVA=java
-  fi
-  local v
-  v="$("$JAVA" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1)"
-  [[ -n "$v" && "$v" -ge 17 ]] || die "Kafka needs Java 17 or newer; $JAVA is ${v:-unknown} (set JAVA_HOME)"
-}
 
 # Copy the runtime classpath once per pom version. A lock keeps parallel starts from
 # fetching into the same directory; the stamp is written last, so a fetch that was cut
@@ -166,8 +148,6 @@ running_pid() {
   echo "$pid"
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # Does the broker answer a Kafka request? A TCP connect alone is not enough: the port is
 # bound before the broker processes requests.
 reachable() {
@@ -214,64 +194,13 @@ cmd_start() {
     pid=$!
     echo "$pid" >"$PIDFILE"
   fi
-  local t0=$SECONDS
-  while ((SECONDS - t0 < START_TIMEOUT)); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      rm -f "$PIDFILE"
-      tail -n 40 "$LOGFILE" >&2
-      die "the broker exited during start-up (log above, full log in $LOGFILE)"
-    fi
-    if port_open "$PORT" && reachable; then
-      say "started (pid $pid) on 127.0.0.1:$PORT in $((SECONDS - t0)) s; data in $DATA"
-      return 0
-    fi
-    sleep 0.5
-  done
-  tail -n 40 "$LOGFILE" >&2
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$PIDFILE"
-  die "the broker did not answer on 127.0.0.1:$PORT within ${START_TIMEOUT} s (killed it; log above, full log in $LOGFILE)"
-}
-
-cmd_stop() {
-  local pid
-  if ! pid="$(running_pid)"; then
-    rm -f "$PIDFILE"
-    say "not running"
-    return 0
-  fi
-  kill -TERM "$pid" 2>/dev/null || true
-  local t0=$SECONDS
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS - t0 < STOP_TIMEOUT)); do sleep 0.2; done
-  if kill -0 "$pid" 2>/dev/null; then
-    say "still running after ${STOP_TIMEOUT} s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  fi
-  rm -f "$PIDFILE"
-  say "stopped (pid $pid) in $((SECONDS - t0)) s"
-}
-
-cmd_status() {
-  local pid
-  if pid="$(running_pid)" && reachable; then
-    say "running (pid $pid) on 127.0.0.1:$PORT; data in $DATA"
-    return 0
-  fi
-  if [[ -n "${pid:-}" ]]; then say "pid $pid is alive but does not answer on 127.0.0.1:$PORT"
-  else say "not running"; fi
-  return 3
-}
-
-cmd_logs() {
-  [[ -f "$LOGFILE" ]] || die "no log at $LOGFILE"
-  tail -n "${1:-100}" "$LOGFILE"
+  await_start "$pid" "; data in $DATA"
 }
 
 case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
-  status) cmd_status ;;
+  status) cmd_status "; data in $DATA" ;;
   logs) shift; cmd_logs "$@" ;;
   *) echo "usage: $0 start|stop|status|logs [N]" >&2; exit 2 ;;
 esac

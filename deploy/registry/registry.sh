@@ -36,34 +36,16 @@ START_TIMEOUT="${REGISTRY_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${REGISTRY_STOP_TIMEOUT:-30}"
 PY="${PYTHON:-python3}"
 
-# Relative paths given by the caller are taken from the caller's cwd.
-abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+SERVICE=registry
+JAVA_NEEDS="Apicurio Registry 3.0"
+# shellcheck source=../lib/jvm-service.sh
+. "$HERE/../lib/jvm-service.sh"
 DATA="$(abspath "$DATA")"
 LIBS="$(abspath "$LIBS")"
 PIDFILE="$DATA/registry.pid"
 LOGFILE="$DATA/registry.log"
 URL="http://127.0.0.1:$PORT/apis/ccompat/v7"
-
-say() { printf 'registry[%s]: %s\n' "$PORT" "$*"; }
-die() { printf 'registry[%s]: error: %s\n' "$PORT" "$*" >&2; exit 1; }
-
-JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
-
-ensure_tools() {
-  local need=()
-  command -v "$JAVA" >/dev/null || need+=(default-jre-headless)
-  command -v mvn >/dev/null || need+=(maven)
-  if ((${#need[@]})); then
-    say "installing ${need[*]} (Debian packages)"
-    local sudo=""; [[ $(id -u) -eq 0 ]] || sudo=sudo
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-    JAVA=java
-  fi
-  local v
-  v="$("$JAVA" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1)"
-  [[ -n "$v" && "$v" -ge 17 ]] || die "Apicurio Registry 3.0 needs Java 17 or newer; $JAVA is ${v:-unknown} (set JAVA_HOME)"
-}
+WHERE="at $URL"
 
 # The runner jar of the unpacked distribution, if there is one.
 runner_jar() { compgen -G "$LIBS/app/apicurio-registry-app-*-runner.jar" | head -n1; }
@@ -111,8 +93,6 @@ running_pid() {
   echo "$pid"
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # Does the Confluent-compatible API answer? The port opens before the API is served.
 reachable() {
   "$PY" - "$URL" <<'EOF' 2>/dev/null
@@ -144,58 +124,7 @@ cmd_start() {
     pid=$!
     echo "$pid" >"$PIDFILE"
   fi
-  local t0=$SECONDS
-  while ((SECONDS - t0 < START_TIMEOUT)); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      rm -f "$PIDFILE"
-      tail -n 40 "$LOGFILE" >&2
-      die "the registry exited during start-up (log above, full log in $LOGFILE)"
-    fi
-    if port_open "$PORT" && reachable; then
-      say "started (pid $pid) at $URL in $((SECONDS - t0)) s"
-      return 0
-    fi
-    sleep 0.5
-  done
-  tail -n 40 "$LOGFILE" >&2
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$PIDFILE"
-  die "the registry did not answer at $URL within ${START_TIMEOUT} s (killed it; log above, full log in $LOGFILE)"
-}
-
-cmd_stop() {
-  local pid
-  if ! pid="$(running_pid)"; then
-    rm -f "$PIDFILE"
-    say "not running"
-    return 0
-  fi
-  kill -TERM "$pid" 2>/dev/null || true
-  local t0=$SECONDS
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS - t0 < STOP_TIMEOUT)); do sleep 0.2; done
-  if kill -0 "$pid" 2>/dev/null; then
-    say "still running after ${STOP_TIMEOUT} s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  fi
-  rm -f "$PIDFILE"
-  say "stopped (pid $pid) in $((SECONDS - t0)) s"
-}
-
-cmd_status() {
-  local pid
-  if pid="$(running_pid)" && reachable; then
-    say "running (pid $pid) at $URL"
-    return 0
-  fi
-  if [[ -n "${pid:-}" ]]; then say "pid $pid is alive but does not answer at $URL"
-  else say "not running"; fi
-  return 3
-}
-
-cmd_logs() {
-  [[ -f "$LOGFILE" ]] || die "no log at $LOGFILE"
-  tail -n "${1:-100}" "$LOGFILE"
+  await_start "$pid"
 }
 
 case "${1:-}" in
