@@ -141,9 +141,9 @@ class AttackResult:
     notes: list[str] = field(default_factory=list)
 
 
-def run_style(style: str, seed: int, files: int, pace: float | None, warmup: int,
-              quiet: float, work: Path, keep: bool = False) -> AttackResult:
-    d = work / f"{style}-{'full' if pace is None else pace}"
+def _fresh_run(d: Path, seed: int) -> tuple[Path, Path, Path, dict[str, str], Workspace]:
+    """An empty run directory ``d`` with a populated home, an initialised repository, the
+    alerts file's path and the environment for the CLI."""
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     src, repo, alerts = d / "home", d / "repo", d / "alerts.jsonl"
@@ -151,6 +151,13 @@ def run_style(style: str, seed: int, files: int, pace: float | None, warmup: int
     ws = Workspace(src, seed)
     ws.populate()
     corestate("init", "--repo", str(repo), env=env)
+    return src, repo, alerts, env, ws
+
+
+def run_style(style: str, seed: int, files: int, pace: float | None, warmup: int,
+              quiet: float, work: Path, keep: bool = False) -> AttackResult:
+    d = work / f"{style}-{'full' if pace is None else pace}"
+    src, repo, alerts, env, ws = _fresh_run(d, seed)
     label = "as fast as possible" if pace is None else (
         f"{pace * 60:g}/min" if pace < 1 else f"{pace:g}/s")
     result = AttackResult(style, label, files)
@@ -231,13 +238,7 @@ class DayResult:
 
 def run_day(profile: str, seed: int, fraction: float, work: Path) -> DayResult:
     d = work / f"day-{profile}"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    src, repo, alerts = d / "home", d / "repo", d / "alerts.jsonl"
-    env = {**os.environ, "CORESTATE_PASSWORD": PASSWORD, "CORESTATE_STATE_DIR": str(d / "state")}
-    ws = Workspace(src, seed)
-    ws.populate()
-    corestate("init", "--repo", str(repo), env=env)
+    src, repo, alerts, env, ws = _fresh_run(d, seed)
     plan = ws.day_plan(fraction, profile=DEVELOPER_PROFILE if profile == "developer" else DAY_PROFILE)
     rng = random.Random(seed)
     p = Protect(src, repo, alerts, env)

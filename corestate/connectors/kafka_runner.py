@@ -37,8 +37,8 @@ and read from its committed offsets) each role makes what it can durable, acknow
 what is safe, commits, and resets its stage. On SIGTERM or Ctrl-C the same happens
 before the worker leaves the group.
 
-Workers running ``pack`` or ``commit`` hold a non-exclusive repository lock while they
-run, so ``prune`` (exclusive) waits for them.
+Every role but ``chunk`` holds a non-exclusive repository lock while the worker
+runs, so ``prune`` (exclusive) waits for them.
 """
 
 from __future__ import annotations

@@ -37,6 +37,13 @@ def committed(cluster: Cluster, n: int) -> list[SnapshotCommitted]:
     assert len(records) == n, f"{len(records)} of {n} snapshots committed"
     return [decode(v, SnapshotCommitted) for _, v in records]
 
+def assert_restic_restores(repo: Path, event: SnapshotCommitted, src: Path, target: Path) -> None:
+    """The real restic accepts the repository and restores the snapshot as ``src``."""
+    run_restic("-r", str(repo), "check", "--read-data")
+    run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
+    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+
+
 
 def test_distributed_backup_restores_byte_identically_with_restic(tmp_path: Path, cluster: Cluster) -> None:
     src = build_rich_tree(tmp_path)
@@ -144,10 +151,7 @@ def test_a_worker_killed_mid_backup_and_restarted_completes_the_snapshot(tmp_pat
         [event] = committed(cluster, 1)
     finally:
         stop(worker)
-    run_restic("-r", str(repo), "check", "--read-data")
-    target = tmp_path / "out"
-    run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
-    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+    assert_restic_restores(repo, event, src, tmp_path / "out")
 
 
 def test_two_workers_in_one_group_share_the_partitions(tmp_path: Path, cluster: Cluster) -> None:
@@ -198,10 +202,7 @@ def test_two_workers_in_one_group_share_the_partitions(tmp_path: Path, cluster: 
         for w in workers:
             stop(w)
     assert all(w.returncode == 0 for w in workers), log.read_text()
-    run_restic("-r", str(repo), "check", "--read-data")
-    target = tmp_path / "out"
-    run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
-    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+    assert_restic_restores(repo, event, src, tmp_path / "out")
 
 
 def test_the_backup_completes_when_the_broker_returns_after_a_stop(tmp_path: Path,
@@ -226,10 +227,7 @@ def test_the_backup_completes_when_the_broker_returns_after_a_stop(tmp_path: Pat
     finally:
         stop(worker)
     assert worker.returncode == 0, log.read_text()
-    run_restic("-r", str(repo), "check", "--read-data")
-    target = tmp_path / "out"
-    run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
-    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+    assert_restic_restores(repo, event, src, tmp_path / "out")
 
 
 def test_an_agent_killed_mid_run_then_run_again_gives_a_complete_snapshot(tmp_path: Path,
@@ -263,10 +261,7 @@ def test_an_agent_killed_mid_run_then_run_again_gives_a_complete_snapshot(tmp_pa
         watch.close()
         stop(worker)
     assert worker.returncode == 0, log.read_text()
-    run_restic("-r", str(repo), "check", "--read-data")
-    target = tmp_path / "out"
-    run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
-    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+    assert_restic_restores(repo, event, src, tmp_path / "out")
 
 
 def test_a_watching_agent_publishes_a_new_snapshot_after_a_change(tmp_path: Path, cluster: Cluster) -> None:
@@ -307,10 +302,7 @@ def test_each_role_in_its_own_process(tmp_path: Path, cluster: Cluster) -> None:
         for w in workers:
             stop(w)
     assert all(w.returncode == 0 for w in workers), log.read_text()
-    run_restic("-r", str(repo), "check", "--read-data")
-    target = tmp_path / "out"
-    run_restic("-r", str(repo), "restore", event.restic_id, "--target", str(target))
-    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+    assert_restic_restores(repo, event, src, tmp_path / "out")
 
 
 def test_a_restarted_packer_recovers_its_index_share_from_the_changelog(tmp_path: Path,
