@@ -1,26 +1,59 @@
 #!/usr/bin/env bash
-# Install CoreState and what its tests use on a fresh Debian machine.
-#   deploy/install.sh          the package and its runtime dependencies (pip)
-#   deploy/install.sh --dev    also the test tools and oracles: pytest, restic, borg
+# Install CoreState into the Python environment that runs this script.
+#
+#   deploy/install.sh          the package with everything the product uses on one
+#                              machine: backup, restore, continuous protection with
+#                              ransomware detection (River), metrics (OpenTelemetry)
+#   deploy/install.sh --dev    also every optional backend and transport (Kafka, S3,
+#                              Azure, GCS), the test tools (pytest, mypy), and from
+#                              Debian the oracles and peers the tests use: restic, borg
+#                              and xfsprogs (reflink tests on a loop-mounted XFS)
+#
+# It installs into $PYTHON (default: the python3 on PATH, so an active virtual
+# environment). It does not start any service and fetches no Kafka jars: each
+# deploy/*/…sh start script fetches what its service needs on its first start.
+# At the end it prints what it installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+dev=0
+[[ "${1:-}" == "--dev" ]] && dev=1
+PY=${PYTHON:-python3}
+
 need_apt=()
-if [[ "${1:-}" == "--dev" ]]; then
+if ((dev)); then
   command -v restic >/dev/null || need_apt+=(restic)
   command -v borg >/dev/null || need_apt+=(borgbackup)
   command -v setpriv >/dev/null || need_apt+=(util-linux)
-  command -v mkfs.xfs >/dev/null || need_apt+=(xfsprogs)  # reflink tests on a loop-mounted XFS
+  command -v mkfs.xfs >/dev/null || need_apt+=(xfsprogs)
 fi
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  echo "install: apt packages ${need_apt[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-PY=${PYTHON:-python3}
-if [[ "${1:-}" == "--dev" ]]; then
-  $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test,kafka]"
-else
-  $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore -e .
+extras=metrics
+((dev)) && extras=metrics,kafka,s3,azure,gcs,test
+echo "install: corestate[$extras] (editable) into $("$PY" -c 'import sys; print(sys.prefix)')" >&2
+"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[$extras]"
+
+echo "installed:" >&2
+"$PY" - <<'PYEOF' >&2
+import importlib.metadata as md
+names = ["corestate", "river", "opentelemetry-sdk", "confluent-kafka", "faust-streaming",
+         "minio", "azure-storage-blob", "google-cloud-storage", "pytest"]
+for n in names:
+    try:
+        print(f"  {n} {md.version(n)}")
+    except md.PackageNotFoundError:
+        pass
+PYEOF
+if ((dev)); then
+  for tool in restic borg mkfs.xfs; do
+    if command -v "$tool" >/dev/null; then
+      echo "  $tool: $("$tool" --version 2>&1 | head -1)" >&2
+    fi
+  done
 fi
