@@ -110,6 +110,12 @@ class Protector:
         def excluded(path: bytes) -> bool:
             return path == repo_dir or matcher.excluded(path)
 
+        try:
+            self._watch(roots, excluded)
+        finally:
+            self.cache.close()  # the backup's worker processes
+
+    def _watch(self, roots: list[bytes], excluded: Callable[[bytes], bool]) -> None:
         with open_watcher(roots, excluded) as watcher:
             watcher.start()
             self._backup(None, frozenset(), frozenset())  # catch-up scan
@@ -157,6 +163,7 @@ class Protector:
                         log.warning("snapshot failed, will retry: %s", exc)
                         if self.on_error is not None:
                             self.on_error(exc)
+                        self.cache.close()
                         self.cache = BackupCache()
                         full = True
                         if stopping:

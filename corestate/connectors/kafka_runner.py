@@ -16,10 +16,12 @@ Terms:
   partitions; it is the packer's exact dedup index (:mod:`corestate.pipeline.share`),
   beside the roaring prefilter built from it;
 - *acknowledging* a record tells faust it may commit the partition's offset past it.
-  Agents iterate with acks off and acknowledge a record only when it is *safe*, i.e.
-  everything the stage did with it is durable: chunk, once its captures partition has no
-  file half-received; pack, once its packs and index were flushed (at a barrier, or every
-  ``PACK_FLUSH_SECONDS``); commit, once no snapshot is in progress. Faust commits
+  Agents iterate with acks off and acknowledge a record only once its stage says it is
+  *settled* (:meth:`~corestate.pipeline.stage.Stage.settled`: everything the stage did
+  with it is durable and it need not be replayed): the chunk stage holds a partition
+  from a file's begin to its end, the pack stage until a flush (at a barrier, or every
+  ``PACK_FLUSH_SECONDS``) and from an incomplete barrier's first end marker, the commit
+  stage from a snapshot's first record until it is committed. Faust commits
   acknowledged offsets every ``COMMIT_SECONDS`` after flushing its producer (every event
   emitted for them is acknowledged by the broker): at least once. A crash replays from
   the last committed offsets; replay is harmless because storage writes are
@@ -48,7 +50,7 @@ import logging
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import Any
@@ -56,13 +58,16 @@ from typing import Any
 from corestate.connectors.kafka_topics import key_for, spec
 from corestate.errors import (CoreStateError, PermanentError, RepositoryLockedError,
                               RetryableError)
-from corestate.pipeline.share import IndexShare
-from corestate.pipeline.stages import (ChunkStage, CommitStage, Emit, PackStage,
-                                       RejectedEventError)
+from corestate.pipeline.chunk import ChunkStage
+from corestate.pipeline.commit import CommitStage
+from corestate.pipeline.guard import AlertGuard
+from corestate.pipeline.index_share import IndexShare
+from corestate.pipeline.pack import PackStage
+from corestate.pipeline.stage import Emit, RejectedEventError, Stage
 from corestate.repository.repository import Repository
 from corestate.schemas.codec import Codec
 from corestate.schemas.errors import UndecodableEventError
-from corestate.schemas.events import DeadLetter, SnapshotMarker
+from corestate.schemas.events import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +81,16 @@ RETRY_MAX_SECONDS = 30.0
 
 
 class Role:
-    """One role's stage, its unacknowledged records, and the rules for acknowledging them.
+    """One role's stage and its records not yet acknowledged.
 
     ``handle`` and the periodic/rebalance hooks run on the app's event loop and take
-    ``lock`` so that a stage is never used by two of them at once. ``codec`` decodes the
-    records (default: no registry, so registry-framed records are dead-lettered)."""
+    ``lock`` so that a stage is never used by two of them at once. What may be
+    acknowledged is the stage's to say (:meth:`~corestate.pipeline.stage.Stage.settled`):
+    the role acknowledges, per partition, every record at or before that position.
+    ``codec`` decodes the records (default: no registry, so registry-framed records are
+    dead-lettered)."""
 
-    def __init__(self, name: str, stage: Any, send: Callable[[Emit], Any],
+    def __init__(self, name: str, stage: Stage, send: Callable[[Emit], Any],
                  fail: Callable[[BaseException], None], codec: Codec | None = None) -> None:
         self.name = name
         self.stage = stage
@@ -90,11 +98,7 @@ class Role:
         self._send = send
         self._fail = fail
         self.lock = asyncio.Lock()
-        # faust events handled, not yet acknowledged, each with the snapshot id if it is
-        # an end marker
-        self._pending: list[tuple[Any, str | None]] = []
-        self._last_flush = time.monotonic()
-        self._seen_flushes = 0
+        self._pending: dict[int, list[Any]] = {}  # partition -> faust events not acked
         self.generation = 0                    # bumped when partitions move
         self.dead_letters = 0
 
@@ -125,20 +129,24 @@ class Role:
     async def _handle_once(self, event: Any) -> None:
         msg = event.message
         generation = self.generation
-        barrier = None
+        settled_alone = False
         try:
             decoded = self.codec.decode(msg.value or b"")
-            if isinstance(decoded, SnapshotMarker) and decoded.kind == "end":
-                barrier = decoded.snapshot_id
-            emits = list(self.stage.handle(msg.partition, decoded))
+            emits = list(self.stage.handle(msg.partition, msg.offset, decoded))
         except (UndecodableEventError, RejectedEventError) as exc:
             emits = [self._dead_letter(msg, getattr(exc, "reason", None) or str(exc))]
+            settled_alone = True  # the stage holds nothing of it
         for emit in emits:
             await self._send(emit)
         if generation != self.generation:
             return  # partitions moved meanwhile: the new owner replays this record
-        self._pending.append((event, barrier))
-        self._settle(msg.partition)
+        if settled_alone:
+            # faust commits only up to the first record not acknowledged, so this
+            # never moves the offset past an earlier record still held
+            event.ack()
+            return
+        self._pending.setdefault(msg.partition, []).append(event)
+        self._ack(msg.partition)
 
     def _dead_letter(self, msg: Any, reason: str) -> Emit:
         log.warning("%s[%d]@%d to the dead-letter topic: %s", msg.topic, msg.partition,
@@ -148,81 +156,50 @@ class Role:
                                       reason=reason, time=datetime.now(timezone.utc),
                                       key=msg.key, value=msg.value))
 
-    def _ack(self, keep: Callable[[Any], bool] = lambda _e: False) -> None:
-        """Acknowledge the pending records except those ``keep`` holds back. The packer
-        also holds back, per partition, everything from the first end marker of a barrier
-        still incomplete: the markers seen are not durable, so they must be replayed."""
-        held: set[int] = set()
-        still = []
-        for event, barrier in self._pending:
-            partition = event.message.partition
-            if barrier is not None and isinstance(self.stage, PackStage) \
-                    and self.stage.waiting(barrier, partition):
-                held.add(partition)
-            if partition in held or keep(event):
-                still.append((event, barrier))
-            else:
-                event.ack()
-        self._pending = still
+    def _ack(self, partition: int) -> None:
+        """Acknowledge the records of ``partition`` that the stage says are settled."""
+        upto = self.stage.settled(partition)
+        pending = self._pending.get(partition)
+        if upto is None or not pending:
+            return
+        keep = [e for e in pending if e.message.offset > upto]
+        for e in pending:
+            if e.message.offset <= upto:
+                e.ack()
+        self._pending[partition] = keep
 
-    def _settle(self, partition: int) -> None:
-        stage = self.stage
-        if isinstance(stage, ChunkStage):
-            if stage.quiet(partition):
-                self._ack(keep=lambda e: e.message.partition != partition)
-        elif isinstance(stage, PackStage):
-            if stage.flushes != self._seen_flushes:
-                self._flushed()
-        elif isinstance(stage, CommitStage):
-            if stage.idle():
-                self._ack()
-        else:
-            self._ack()
+    def _ack_all(self) -> None:
+        for partition in list(self._pending):
+            self._ack(partition)
 
-    def _flushed(self) -> None:
-        self._seen_flushes = self.stage.flushes
-        self._last_flush = time.monotonic()
-        self._ack()
+    async def _emit(self, emits: Iterable[Emit]) -> None:
+        for emit in list(emits):
+            await self._send(emit)
 
-    def make_durable(self) -> None:
-        """Flush what the stage holds if that makes records safe (the packer's packs)."""
-        if isinstance(self.stage, PackStage):
-            self.stage.flush()
-            self._flushed()
+    async def make_durable(self) -> None:
+        """Make durable what the stage holds (a packer's packs), and acknowledge."""
+        await self._emit(self.stage.flush())
+        self._ack_all()
 
     async def tick(self) -> None:
-        """Periodic work: the packer's time-based flush, the committer's expiry."""
+        """Periodic work: the stage's (a packer's time-based flush, a committer's expiry)."""
         async with self.lock:
-            stage = self.stage
-            if isinstance(stage, PackStage) and self._pending \
-                    and time.monotonic() - self._last_flush > PACK_FLUSH_SECONDS:
-                self.make_durable()
-            elif isinstance(stage, CommitStage):
-                for snapshot_id in stage.expire():
-                    log.warning("snapshot %s abandoned: nothing received for %.0fs",
-                                snapshot_id, stage.abandon_after)
-                if stage.idle():
-                    self._ack()
+            await self._emit(self.stage.tick(time.monotonic()))
+            self._ack_all()
 
     async def partitions_revoked(self) -> None:
         """Make durable and acknowledge what can be, then forget the rest: its records
         are not committed, so the partitions' new owner replays them."""
         async with self.lock:
-            self.make_durable()
-            if isinstance(self.stage, ChunkStage):
-                self._ack(keep=lambda e: not self.stage.quiet(e.message.partition))
-            elif isinstance(self.stage, CommitStage) and self.stage.idle():
-                self._ack()
+            await self.make_durable()
             self._pending.clear()
             self.stage.reset()
-            # reset flushed (nothing pending): that flush must not acknowledge the next
-            # record, which would commit a chunk not yet durable (a kill then lost it)
-            self._seen_flushes = getattr(self.stage, "flushes", 0)
             self.generation += 1
 
     def close(self) -> None:
-        if isinstance(self.stage, PackStage):
-            self.stage.close()
+        for _ in self.stage.flush():
+            pass
+        self.stage.close()
 
 
 def faust_settings(client: Mapping[str, str]) -> dict[str, Any]:
@@ -325,18 +302,18 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
 
     built: list[Role] = []
     for name in roles:
+        stage: Stage
         if name == "chunk":
-            stage: Any = ChunkStage(chunk_partitions)
+            stage = ChunkStage(chunk_partitions)
         elif name == "pack":
             table = app.Table("blobs", key_type=bytes, value_type=bytes,  # raw serializers
                               partitions=chunk_partitions, help="packer index shares")
             share = IndexShare(table.data, set(),
                                lambda p, b, pack, t=table: t.send_changelog(p, b, pack))
-            stage = PackStage(repo(), chunk_partitions, share)
+            stage = PackStage(repo(), chunk_partitions, share, flush_every=PACK_FLUSH_SECONDS)
         elif name == "commit":
             stage = CommitStage(repo(), abandon_after)
         else:
-            from corestate.pipeline.guard import AlertGuard
             stage = AlertGuard(repo())
         role = Role(name, stage, send, fail, codec)
         built.append(role)
@@ -387,7 +364,7 @@ def run_worker(client: Mapping[str, str], roles: Sequence[str], open_repo: Calla
         async def drain() -> None:
             for role in built:
                 async with role.lock:
-                    role.make_durable()
+                    await role.make_durable()
             try:
                 await app.producer.flush()
                 await app.consumer.commit()

@@ -26,7 +26,7 @@ from pyroaring import BitMap
 
 from corestate.maintenance.listing import json_text
 from corestate.maintenance.usage import snapshot_usage
-from corestate.pipeline import dedup
+from corestate.repository import ordinals
 from corestate.repository.pack import BlobType
 from corestate.repository.repository import Repository
 from corestate.repository.snapshot import Snapshot
@@ -160,9 +160,9 @@ def _level(repo: Repository, result: DiffResult, prefix: bytes, tree1: bytes, tr
             yield from _whole(repo, "+", path, b, result.added)
 
 
-def _delta(repo: Repository, table: dedup.OrdinalTable, ordinals: BitMap) -> BlobDelta:
+def _delta(repo: Repository, table: ordinals.OrdinalTable, bitmap: BitMap) -> BlobDelta:
     delta = BlobDelta()
-    for blob in table.resolve(ordinals):
+    for blob in table.resolve(bitmap):
         loc = repo.index.lookup(blob)
         if loc is None:
             continue  # check reports it; the summary counts what can be found
@@ -181,7 +181,7 @@ def diff(repo: Repository, source: Snapshot, target: Snapshot, metadata: bool = 
     repo.load_index()
     result = DiffResult(source, target)
     result.changes = list(tree_changes(repo, result, source.tree, target.tree, metadata))
-    table = dedup.load_table(repo)
+    table = ordinals.load_table(repo)
     before, after = (u.bitmap for u in snapshot_usage(repo, [source, target], table))
     result.blobs_added = _delta(repo, table, after - before)
     result.blobs_removed = _delta(repo, table, before - after)

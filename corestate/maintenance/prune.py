@@ -40,7 +40,7 @@ from corestate.errors import CoreStateError, IntegrityError, NotFoundError
 from corestate.maintenance import ProgressFn, no_progress
 from corestate.maintenance.check import expected_pack_size
 from corestate.maintenance.usage import blob_ids, snapshot_usage, union
-from corestate.pipeline import dedup
+from corestate.repository import ordinals
 from corestate.repository.backend import Kind
 from corestate.repository.index import MasterIndex, index_to_json
 from corestate.repository.lock import STALE_AFTER_NS
@@ -334,7 +334,7 @@ def _prune(repo: Repository, opts: PruneOptions, progress: ProgressFn) -> PruneR
     report = PruneReport(dry_run=opts.dry_run)
     repo.load_index()
     snaps = repo.list_snapshots()
-    table = dedup.load_table(repo)
+    table = ordinals.load_table(repo)
     usages = snapshot_usage(repo, snaps, table, store=not opts.dry_run, progress=progress)
     used = blob_ids(table, union(usages))
     report.snapshots, report.used_blobs = len(snaps), len(used)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from corestate.errors import NotFoundError
 from corestate.maintenance import ProgressFn, no_progress
 from corestate.maintenance.usage import blob_ids, snapshot_usage, union
-from corestate.pipeline import dedup
+from corestate.repository import ordinals
 from corestate.repository.backend import Kind
 from corestate.repository.crypto import OVERHEAD
 from corestate.repository.pack import BlobType
@@ -107,7 +107,7 @@ def raw_data(repo: Repository, snaps: Iterable[Snapshot], progress: ProgressFn =
              ) -> tuple[int, int, int]:
     """``(blob count, stored bytes, uncompressed bytes)`` of the blobs ``snaps`` use."""
     repo.load_index()
-    table = dedup.load_table(repo)
+    table = ordinals.load_table(repo)
     used = blob_ids(table, union(snapshot_usage(repo, snaps, table, progress=progress)))
     stored = uncompressed = 0
     for blob in used:

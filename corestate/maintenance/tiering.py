@@ -48,7 +48,7 @@ from corestate.errors import CoreStateError, NotFoundError, PermanentError
 from corestate.maintenance import ProgressFn, no_progress
 from corestate.maintenance.usage import snapshot_usage
 from corestate.models import tiering as model
-from corestate.pipeline import dedup
+from corestate.repository import ordinals
 from corestate.repository.backend import Backend, FileInfo, Kind
 from corestate.repository.pack import BlobType
 from corestate.repository.repository import Repository
@@ -222,7 +222,7 @@ def inventory(repo: Repository, current: str = "STANDARD",
     trees of a snapshot whose bitmap is missing or stale); stores nothing."""
     repo.load_index()
     sizes = {f.name: f.size for f in repo.backend.list(Kind.DATA)}
-    table = dedup.load_table(repo)
+    table = ordinals.load_table(repo)
     owner: list[str | None] = [None] * len(table)
     data_packs: set[str] = set()
     inv = Inventory()

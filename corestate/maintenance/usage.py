@@ -2,11 +2,11 @@
 
 A snapshot *uses* every tree blob reachable from its root tree (the root included) and
 every data blob named in the ``content`` of a file node below it. Its *blob bitmap*
-(:mod:`corestate.pipeline.dedup`) is the roaring bitmap of the *ordinals* of those blobs
+(:mod:`corestate.repository.ordinals`) is the roaring bitmap of the *ordinals* of those blobs
 in the repository's ordinal table; the *live set* is the union of the bitmaps of every
 snapshot that exists.
 
-A stored bitmap is *trusted* only when :func:`~corestate.pipeline.dedup.load_bitmap`
+A stored bitmap is *trusted* only when :func:`~corestate.repository.ordinals.load_bitmap`
 accepts it (it was computed against the table as loaded now) and every ordinal in it
 exists in the table. Otherwise the set is *recomputed* by walking the snapshot's trees;
 with ``store=True`` the recomputed bitmap is saved so the next reader can trust it.
@@ -21,7 +21,7 @@ from pyroaring import BitMap
 
 from corestate.errors import IntegrityError, NotFoundError
 from corestate.maintenance import ProgressFn, no_progress
-from corestate.pipeline import dedup
+from corestate.repository import ordinals
 from corestate.repository.repository import Repository
 from corestate.repository.snapshot import Snapshot
 
@@ -55,8 +55,8 @@ class SnapshotUsage:
     recomputed: bool
 
 
-def _trusted_bitmap(repo: Repository, snap: Snapshot, table: dedup.OrdinalTable) -> BitMap | None:
-    bitmap = dedup.load_bitmap(repo, snap.id, table)
+def _trusted_bitmap(repo: Repository, snap: Snapshot, table: ordinals.OrdinalTable) -> BitMap | None:
+    bitmap = ordinals.load_bitmap(repo, snap.id, table)
     if bitmap is None:
         return None
     if len(bitmap) and bitmap.max() >= len(table):
@@ -64,7 +64,7 @@ def _trusted_bitmap(repo: Repository, snap: Snapshot, table: dedup.OrdinalTable)
     return bitmap
 
 
-def snapshot_usage(repo: Repository, snaps: Iterable[Snapshot], table: dedup.OrdinalTable,
+def snapshot_usage(repo: Repository, snaps: Iterable[Snapshot], table: ordinals.OrdinalTable,
                    store: bool = False, progress: ProgressFn = no_progress) -> list[SnapshotUsage]:
     """The usage of each snapshot, from its bitmap or, failing that, its trees.
 
@@ -89,9 +89,9 @@ def snapshot_usage(repo: Repository, snaps: Iterable[Snapshot], table: dedup.Ord
     progress("snapshots", len(snaps), len(snaps))
     recomputed = [u for u in out if u.recomputed]
     if store and recomputed:
-        dedup.store_table(repo, table)
+        ordinals.store_table(repo, table)
         for usage in recomputed:
-            dedup.save_bitmap(repo, usage.snapshot.id, usage.bitmap, table)
+            ordinals.save_bitmap(repo, usage.snapshot.id, usage.bitmap, table)
     return out
 
 
@@ -100,6 +100,6 @@ def union(usages: Iterable[SnapshotUsage]) -> BitMap:
     return BitMap.union(BitMap(), *(u.bitmap for u in usages))
 
 
-def blob_ids(table: dedup.OrdinalTable, bitmap: BitMap) -> set[bytes]:
+def blob_ids(table: ordinals.OrdinalTable, bitmap: BitMap) -> set[bytes]:
     """The blob ids of a bitmap's ordinals."""
     return set(table.resolve(bitmap))

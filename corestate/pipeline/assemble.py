@@ -1,4 +1,4 @@
-"""Assembling a snapshot's trees from its file manifests (distributed mode).
+"""Assembling a snapshot's trees from its file manifests (the committer's work).
 
 Terms:
 
@@ -28,7 +28,7 @@ Terms:
 >>> d = NodeMeta(type="dir", mode=0o755 | (1 << 31), mtime=0, atime=0, ctime=0, uid=0, gid=0)
 >>> f = NodeMeta(type="file", mode=0o644, mtime=0, atime=0, ctime=0, uid=0, gid=0, size=5)
 >>> stored = {}
->>> def store(tree_id, blob): stored[tree_id] = blob
+>>> def store(tree_id, blob, nodes): stored[tree_id] = blob
 >>> full = assemble({b"/srv": d, b"/srv/a": f, b"/srv/b": f},
 ...                 {b"/srv/a": (b"\\x01" * 32,), b"/srv/b": (b"\\x02" * 32,)}, store)
 >>> len(stored), full.root in stored, full.files
@@ -171,12 +171,14 @@ class _ParentListings:
 
 
 def assemble(entries: Mapping[bytes, NodeMeta], contents: Mapping[bytes, tuple[bytes, ...]],
-             store_tree: Callable[[bytes, bytes], None], parent: Parent | None = None) -> Assembly:
+             store_tree: Callable[[bytes, bytes, list[Node]], None],
+             parent: Parent | None = None) -> Assembly:
     """Build every new tree of a snapshot in post-order (see the module docstring).
 
     ``entries`` maps absolute paths to metadata, ``contents`` regular files' paths to
     their blob ids. Without ``parent`` the run is full; with one, incremental.
-    ``store_tree(tree_id, blob)`` is called once per distinct tree built."""
+    ``store_tree(tree_id, blob, nodes)`` is called once per distinct tree built, children
+    before their parents."""
     # The captured children of every directory on the way to a captured entry.
     kids: dict[bytes, set[bytes]] = {b"/": set()}
     for path in entries:
@@ -237,7 +239,7 @@ def assemble(entries: Mapping[bytes, NodeMeta], contents: Mapping[bytes, tuple[b
         tree_id = hashlib.sha256(blob).digest()
         if tree_id not in seen:
             seen.add(tree_id)
-            store_tree(tree_id, blob)
+            store_tree(tree_id, blob, nodes)
         return tree_id
 
     for directory in sorted(names, key=lambda p: (-_depth(p), p)):

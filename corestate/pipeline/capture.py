@@ -158,6 +158,44 @@ def open_for_read(path: bytes) -> int:
         return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
+class ConsistentRead:
+    """A consistent read of one file, as a loop the caller drives: each item is
+    ``(fd, stat)`` for one attempt, to be read whole before the next item is asked for
+    (an attempt after the first means the file changed underfoot: start over). After the
+    loop, :attr:`outcome` tells how it went. See :func:`read_consistently`."""
+
+    def __init__(self, path: bytes, dev: int | None = None) -> None:
+        self.path = path
+        self.dev = dev
+        self.outcome: ReadOutcome | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, os.stat_result]]:
+        path = self.path
+        if self.dev is None or reflinks_known(self.dev) is not False:
+            before = os.lstat(path)
+            if stat.S_ISREG(before.st_mode):
+                with clone_for_read(path) as clone:
+                    if clone is not None:
+                        yield clone, before
+                        self.outcome = ReadOutcome(before, 1, True, cloned=True)
+                        return
+        attempt = 0
+        while True:
+            attempt += 1
+            fd = open_for_read(path)
+            try:
+                before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode):
+                    raise OSError(f"{os.fsdecode(path)} is no longer a regular file")
+                yield fd, before
+                after = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if _same(before, after) or attempt >= READ_ATTEMPTS:
+                self.outcome = ReadOutcome(after, attempt, _same(before, after))
+                return
+
+
 def read_consistently(path: bytes, consume: Callable[[int, os.stat_result], None],
                       dev: int | None = None) -> ReadOutcome:
     """Call ``consume(fd, stat)`` on a consistent view of ``path``.
@@ -168,26 +206,8 @@ def read_consistently(path: bytes, consume: Callable[[int, os.stat_result], None
     while it changes underfoot (``consume`` must start over each time). ``dev`` skips
     the clone attempt on filesystems already known not to clone. OSError (unreadable,
     vanished) propagates."""
-    if dev is None or reflinks_known(dev) is not False:
-        before = os.lstat(path)
-        if stat.S_ISREG(before.st_mode):
-            with clone_for_read(path) as clone:
-                if clone is not None:
-                    consume(clone, before)
-                    return ReadOutcome(before, 1, True, cloned=True)
-    attempt = 0
-    while True:
-        attempt += 1
-        fd = open_for_read(path)
-        try:
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode):
-                raise OSError(f"{os.fsdecode(path)} is no longer a regular file")
-            consume(fd, before)
-            after = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if _same(before, after):
-            return ReadOutcome(after, attempt, True)
-        if attempt >= READ_ATTEMPTS:
-            return ReadOutcome(after, attempt, False)
+    reading = ConsistentRead(path, dev)
+    for fd, st in reading:
+        consume(fd, st)
+    assert reading.outcome is not None
+    return reading.outcome

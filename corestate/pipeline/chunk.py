@@ -1,4 +1,4 @@
-"""Content-defined chunking of a byte stream.
+"""The chunk stage: file content in, blobs out. Content-defined chunking of a byte stream.
 
 A *chunk* is a run of bytes whose boundaries depend only on the content around them
 (FastCDC, from the compiled ``fastcdc`` library), so an insertion early in a file moves
@@ -22,14 +22,47 @@ True
 True
 >>> [len(c) for c in chunk_stream(io.BytesIO(bytes(20_000_000)))]
 [8388608, 8388608, 3222784]
+
+The :class:`ChunkStage` turns files into :class:`~corestate.schemas.events.Chunk` events
+(blob id and bytes, for the pack stage) and one
+:class:`~corestate.schemas.events.FileManifest` per file (its metadata and ordered blob
+ids, for the committer). A file's content reaches it in one of two ways:
+
+- as capture events from an agent (distributed mode): ``FileBegin``, ``DataSegment`` s in
+  order, ``FileEnd``; the stage spools a file's segments and chunks it at its end;
+- as a :class:`~corestate.pipeline.jobs.ReadFile` job (embedded mode): the stage reads
+  the file from the local disk consistently (:class:`~corestate.pipeline.capture.ConsistentRead`).
+  A *big* file (at least ``block_threshold`` bytes) is cut into fixed blocks instead of
+  content-defined chunks, so an unchanged block is always the same blob; with a block
+  map of the parent's version (:mod:`corestate.kernel.blockmap`) only blocks whose xxh3
+  digest changed are hashed and emitted, the others keep the parent's blob ids.
+
+End markers of a snapshot are forwarded to every chunks partition and to ``files``
+(``source_partition`` set to the partition they came in on): a forwarded marker follows
+every chunk and manifest of the snapshot from that partition.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import io
+import itertools
+import os
+import tempfile
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
+import xxhash
 from fastcdc import fastcdc as _fastcdc  # type: ignore[import-untyped]  # Cython build
+
+from corestate.kernel import blockmap
+from corestate.kernel.blockmap import BlockMap, BlockMapStore
+from corestate.pipeline.capture import ConsistentRead
+from corestate.pipeline.jobs import PreviousVersion, ReadFailed, ReadFile, Record
+from corestate.pipeline.stage import Emit, Holds, RejectedEventError
+from corestate.schemas.events import (Chunk, DataSegment, Delete, FileBegin, FileEnd,
+                                      FileManifest, Rename, SnapshotMarker)
 
 MIN_SIZE = 512 * 1024
 AVG_SIZE = 1024 * 1024
@@ -73,3 +106,224 @@ def chunk_stream(stream: BinaryIO, window: int = WINDOW, size_hint: int | None =
         rest = filled - keep[0]
         buf[:rest] = buf[keep[0]:filled]  # carry the unfinished chunk to the front
         filled = rest
+
+
+_SPOOL = 8 << 20  # a file's bytes stay in memory up to this size, then go to a temp file
+BLOCK_THRESHOLD = 64 * 1024 * 1024
+
+
+@dataclass
+class _OpenFile:
+    begin: FileBegin
+    spool: tempfile.SpooledTemporaryFile[bytes]
+    next_seq: int = 0
+
+
+@dataclass
+class ReadReport:
+    """What the local reads of a chunk stage found: counts, and the files that changed
+    while read (``inconsistent``) or could not be read (``errors``: path, reason)."""
+
+    files_new: int = 0
+    files_changed: int = 0
+    bytes_read: int = 0
+    inconsistent: list[bytes] = field(default_factory=list)
+    errors: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+class ChunkStage:
+    """Turns file content into chunks and manifests (see the module docstring).
+
+    State: the files begun and not yet ended, per partition (each holds its partition
+    from its ``FileBegin``: until its end, it would have to be replayed). ``report``
+    counts what local reads found. ``block_store`` keeps big files' block maps."""
+
+    def __init__(self, chunk_partitions: int, block_threshold: int = BLOCK_THRESHOLD,
+                 block_size: int = blockmap.DEFAULT_BLOCK_SIZE,
+                 block_store: BlockMapStore | None = None) -> None:
+        self.chunk_partitions = chunk_partitions
+        self.block_threshold = block_threshold
+        self.block_size = block_size
+        self.block_store = block_store
+        self.report = ReadReport()
+        self._open: dict[tuple[int, str, bytes], _OpenFile] = {}
+        self._holds = Holds()
+
+    def settled(self, partition: int) -> int | None:
+        return self._holds.settled(partition)
+
+    def flush(self) -> Iterator[Emit]:
+        return iter(())
+
+    def tick(self, now: float) -> Iterator[Emit]:
+        return iter(())
+
+    def reset(self) -> None:
+        """Forget every open file (partitions were revoked: they will be replayed)."""
+        for f in self._open.values():
+            f.spool.close()
+        self._open.clear()
+        self._holds.clear()
+
+    def close(self) -> None:
+        self.reset()
+
+    def handle(self, partition: int, position: int, event: Record) -> Iterator[Emit]:
+        self._holds.seen(partition, position)
+        if isinstance(event, ReadFile):
+            yield from self._read(partition, event)
+        elif isinstance(event, FileBegin):
+            key = (partition, event.host, event.path)
+            old = self._open.pop(key, None)
+            if old is not None:  # the agent restarted this file
+                old.spool.close()
+            self._open[key] = _OpenFile(event, tempfile.SpooledTemporaryFile(max_size=_SPOOL))
+            self._holds.hold(partition, key, position)
+        elif isinstance(event, DataSegment):
+            f = self._open.get((partition, event.host, event.path))
+            where = f"{event.host}:{os.fsdecode(event.path)}"
+            if f is None:
+                raise RejectedEventError(f"DataSegment of {where} without a FileBegin")
+            if event.seq == 0:  # a re-read of a file that changed underfoot starts over
+                f.spool.seek(0)
+                f.spool.truncate()
+                f.next_seq = 0
+            if event.seq != f.next_seq:
+                raise RejectedEventError(f"DataSegment {event.seq} of {where}: expected "
+                                         f"{f.next_seq}")
+            f.spool.write(event.data)
+            f.next_seq += 1
+        elif isinstance(event, FileEnd):
+            yield from self._end(partition, event)
+        elif isinstance(event, SnapshotMarker):
+            if event.kind == "end":
+                fwd = replace(event, source_partition=partition)
+                for p in range(self.chunk_partitions):
+                    yield Emit("chunks", fwd, partition=p)
+                yield Emit("files", fwd, key=event.snapshot_id.encode("utf-8"))
+        elif isinstance(event, Delete):
+            # A file that could not be read after its FileBegin is withdrawn.
+            key = (partition, event.host, event.path)
+            old = self._open.pop(key, None)
+            if old is not None:
+                old.spool.close()
+            self._holds.release(key, partition)
+        elif isinstance(event, Rename):
+            pass  # only a watching agent sends them; a full scan never does
+        else:
+            raise RejectedEventError(f"{type(event).__name__} does not belong on captures")
+
+    # -- content from an agent ------------------------------------------------------------
+    def _end(self, partition: int, end: FileEnd) -> Iterator[Emit]:
+        key = (partition, end.host, end.path)
+        f = self._open.pop(key, None)
+        self._holds.release(key, partition)
+        where = f"{end.host}:{os.fsdecode(end.path)}"
+        if f is None:
+            raise RejectedEventError(f"FileEnd of {where} without a FileBegin")
+        with f.spool:
+            size = f.spool.tell()
+            if end.segments != f.next_seq or end.size != size:
+                raise RejectedEventError(
+                    f"FileEnd of {where}: {end.segments} segments, {end.size} bytes announced, "
+                    f"{f.next_seq} segments, {size} bytes received")
+            node = f.begin.node
+            blobs: list[bytes] = []
+            if node.type == "file":
+                f.spool.seek(0)
+                for data in chunk_stream(f.spool, size_hint=size):  # type: ignore[arg-type]
+                    blob_id = hashlib.sha256(data).digest()
+                    blobs.append(blob_id)
+                    yield Emit("chunks", Chunk(blob_id=blob_id, snapshot_id=end.snapshot_id,
+                                               data=data, source_partition=partition))
+                node = replace(node, size=size)
+        yield Emit("files", FileManifest(snapshot_id=end.snapshot_id, path=end.path, node=node,
+                                         blobs=tuple(blobs)))
+
+    # -- content from the local disk ------------------------------------------------------
+    def _read(self, partition: int, job: ReadFile) -> Iterator[Emit]:
+        """Read a file consistently and chunk it; a failure is a :class:`ReadFailed`."""
+        big = job.node.size >= self.block_threshold
+        blobs: list[bytes] = []
+        new_map: BlockMap | None = None
+        reading = ConsistentRead(job.path, job.node.device_id)
+        try:
+            for fd, st in reading:
+                if big:
+                    fresh: dict[int, bytes] = {}
+                    new_map = yield from self._blocks(partition, job, fd, st, fresh)
+                    blobs = block_ids(new_map, job.previous, fresh)
+                    continue
+                blobs = []
+                for data in chunk_stream(io.FileIO(fd, closefd=False), size_hint=st.st_size):
+                    chunk = self._chunk(job, partition, data)
+                    blobs.append(chunk.blob_id)
+                    yield Emit("chunks", chunk)
+        except OSError as exc:
+            vanished = isinstance(exc, FileNotFoundError)
+            reason = exc.strerror if exc.strerror else str(exc)
+            if not vanished:
+                self.report.errors.append((job.path, reason))
+            yield Emit("files", ReadFailed(job.snapshot_id, job.path, reason, vanished))
+            return
+        outcome = reading.outcome
+        assert outcome is not None
+        st = outcome.st
+        if new_map is not None and outcome.consistent and self.block_store is not None:
+            self.block_store.save(replace(new_map, size=st.st_size, mtime_ns=st.st_mtime_ns))
+        report = self.report
+        if not outcome.consistent:
+            report.inconsistent.append(job.path)
+        if job.previous is None:
+            report.files_new += 1
+        else:
+            report.files_changed += 1
+        report.bytes_read += st.st_size
+        node = replace(job.node, size=st.st_size, mtime=st.st_mtime_ns, ctime=st.st_ctime_ns)
+        yield Emit("files", FileManifest(snapshot_id=job.snapshot_id, path=job.path, node=node,
+                                         blobs=tuple(blobs)))
+
+    @staticmethod
+    def _chunk(job: ReadFile, partition: int, data: bytes) -> Chunk:
+        return Chunk(blob_id=hashlib.sha256(data).digest(), snapshot_id=job.snapshot_id,
+                     data=data, source_partition=partition)
+
+    def _blocks(self, partition: int, job: ReadFile, fd: int, st: os.stat_result,
+                fresh: dict[int, bytes]) -> Generator[Emit, None, BlockMap]:
+        """A big file as fixed-size blocks: yields the chunks of the blocks read (their
+        ids into ``fresh`` by block index) and returns the file's new block map. With a
+        map of the parent's version, only blocks whose xxh3 digest changed are read."""
+        size = self.block_size
+        prev = self.block_store.load(st.st_dev, st.st_ino) if self.block_store is not None else None
+        old = job.previous
+        usable = (prev is not None and old is not None and prev.block_size == size
+                  and prev.size == old.size and prev.mtime_ns == old.mtime
+                  and len(old.blobs) == blockmap.block_count(old.size, size))
+        if usable:
+            assert prev is not None
+            block_map, changed = blockmap.scan(fd, size, prev)
+            for i, data in blockmap.read_blocks(fd, size, changed):
+                chunk = self._chunk(job, partition, data)
+                fresh[i] = chunk.blob_id
+                yield Emit("chunks", chunk)
+            return block_map
+        digests: list[int] = []
+        total = 0
+        for i in itertools.count():  # to the end, even if it moved since the stat
+            data = next(blockmap.read_blocks(fd, size, [i]), (i, b""))[1]
+            if not data:
+                break
+            digests.append(xxhash.xxh3_64_intdigest(data))
+            chunk = self._chunk(job, partition, data)
+            fresh[i] = chunk.blob_id
+            yield Emit("chunks", chunk)
+            total += len(data)
+        return BlockMap(size, total, digests, st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+def block_ids(block_map: BlockMap, previous: PreviousVersion | None,
+              fresh: dict[int, bytes]) -> list[bytes]:
+    """A big file's blob ids: block ``i`` is ``fresh[i]`` if it was read, else the
+    parent's (unchanged since)."""
+    old = previous.blobs if previous is not None else ()
+    return [fresh[i] if i in fresh else old[i] for i in range(len(block_map.digests))]

@@ -15,7 +15,7 @@ Terms:
   person may have released it since; replay must not protect its snapshot again).
 
 The guard emits nothing and ignores every other event. Like the other stages it knows
-nothing of Kafka (:mod:`corestate.pipeline.stages`).
+nothing of Kafka (:mod:`corestate.pipeline.stage`); a record is settled once handled.
 
 >>> from datetime import datetime, timezone
 >>> alert_id(events.Alert(time=datetime(2024, 5, 1, tzinfo=timezone.utc), host="h1",
@@ -28,7 +28,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 
-from corestate.pipeline.stages import Emit
+from corestate.pipeline.jobs import Record
+from corestate.pipeline.stage import Emit, Holds
 from corestate.repository.repository import Repository
 from corestate.schemas import events
 
@@ -49,13 +50,28 @@ class AlertGuard:
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self.guarded = 0  # alerts recorded by this guard (replays not counted)
+        self._holds = Holds()
+
+    def settled(self, partition: int) -> int | None:
+        return self._holds.settled(partition)
+
+    def flush(self) -> Iterator[Emit]:
+        return iter(())
+
+    def tick(self, now: float) -> Iterator[Emit]:
+        return iter(())
 
     def reset(self) -> None:
         """Partitions moved: nothing to forget."""
+        self._holds.clear()
 
-    def handle(self, partition: int, event: events.Event) -> Iterator[Emit]:
+    def close(self) -> None:
+        pass
+
+    def handle(self, partition: int, position: int, event: Record) -> Iterator[Emit]:
         if isinstance(event, events.Alert):
             self._guard(event)
+        self._holds.seen(partition, position)
         return iter(())
 
     def _guard(self, event: events.Alert) -> None:

@@ -49,6 +49,10 @@ class Key:
         object.__setattr__(self, "_clamped_r", _clamp(self.mac_r))
         object.__setattr__(self, "_mac_cipher", Cipher(algorithms.AES(self.mac_k), modes.ECB()))
 
+    def __reduce__(self) -> tuple[type[Key], tuple[bytes, bytes, bytes]]:
+        # the cipher objects made in __post_init__ do not pickle: rebuild them
+        return (Key, (self.encrypt_key, self.mac_k, self.mac_r))
+
     @classmethod
     def random(cls) -> Key:
         return cls(os.urandom(32), os.urandom(16), os.urandom(16))

@@ -50,6 +50,10 @@ class Repository:
         self._pending: dict[str, list[PackedBlob]] = {}
         self._lock = threading.Lock()
 
+    def __reduce__(self) -> tuple[type[Repository], tuple[Backend, Key, Config, str]]:
+        """A copy for another process: the same backend and key, nothing loaded yet."""
+        return (Repository, (self.backend, self.key, self.config, self.key_id))
+
     # -- opening ------------------------------------------------------------------------
     @classmethod
     def init(cls, backend: Backend, password: str) -> Repository:

@@ -140,7 +140,8 @@ class SnapshotMarker:
 
     ``parent`` None: a full run. Else an incremental run: the restic id of the snapshot it
     builds on, in ``rescanned`` the directories whose whole listing it carries, and in
-    ``removed`` the parent's entries that are gone."""
+    ``removed`` the parent's entries that are gone. ``excludes``: the patterns the run
+    applied, recorded in the snapshot."""
 
     host: str
     snapshot_id: str
@@ -153,6 +154,7 @@ class SnapshotMarker:
     parent: str | None = None
     rescanned: tuple[bytes, ...] = ()
     removed: tuple[bytes, ...] = ()
+    excludes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

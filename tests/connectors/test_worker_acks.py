@@ -13,8 +13,9 @@ from pathlib import Path
 
 from corestate.connectors.kafka_runner import Role
 from corestate.connectors.url import open_backend
-from corestate.pipeline.share import IndexShare
-from corestate.pipeline.stages import Emit, PackStage
+from corestate.pipeline.index_share import IndexShare
+from corestate.pipeline.pack import PackStage
+from corestate.pipeline.stage import Emit
 from corestate.repository.repository import Repository
 from corestate.schemas.codec import encode
 from corestate.schemas.events import Chunk, Event, SnapshotMarker

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,15 +14,18 @@ import pytest
 
 from corestate.agents.agent import scan
 from corestate.connectors.url import open_backend
-from corestate.pipeline.chunk import chunk_stream
-from corestate.pipeline.stages import (ChunkStage, CommitStage, Emit, PackStage,
-                                       RejectedEventError)
+from corestate.pipeline.chunk import ChunkStage, chunk_stream
+from corestate.pipeline.commit import CommitStage
+from corestate.pipeline.pack import PackStage
+from corestate.pipeline.stage import Emit, RejectedEventError
 from corestate.repository.pack import BlobType
 from corestate.repository.repository import Repository
 from corestate.schemas.codec import decode, encode
 from corestate.schemas.events import (BarrierAck, Chunk, DataSegment, Event, FileBegin, FileEnd,
                                       FileManifest, NodeMeta, SnapshotMarker)
 from tests.conftest import PASSWORD
+
+POS = itertools.count()  # record positions, as a runner gives them
 
 T = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 META = NodeMeta(type="file", mode=0o644, mtime=1, atime=1, ctime=1, uid=0, gid=0, size=0)
@@ -42,20 +46,23 @@ def test_chunker_reassembles_segments_and_a_reread_starts_over() -> None:
     data = os.urandom(2_500_000)
     ev = dict(host="h", snapshot_id="s1", path=b"/srv/f")
     out: list[Emit] = []
-    out += stage.handle(0, FileBegin(node=META, **ev))
-    out += stage.handle(0, DataSegment(seq=0, offset=0, data=b"stale" * 100, **ev))
-    assert not stage.quiet(0) and stage.quiet(1)
+    begin = next(POS)
+    out += stage.handle(0, begin, FileBegin(node=META, **ev))
+    out += stage.handle(0, next(POS), DataSegment(seq=0, offset=0, data=b"stale" * 100, **ev))
+    # the open file holds its partition from its begin: none of it may be committed yet
+    assert stage.settled(0) == begin - 1 and stage.settled(1) is None
     for seq, off in enumerate(range(0, len(data), 1 << 20)):  # the re-read starts at seq 0
-        out += stage.handle(0, DataSegment(seq=seq, offset=off, data=data[off:off + (1 << 20)], **ev))
-    out += stage.handle(0, FileEnd(size=len(data), segments=3, consistent=True, **ev))
-    assert stage.quiet(0)
+        out += stage.handle(0, next(POS), DataSegment(seq=seq, offset=off, data=data[off:off + (1 << 20)], **ev))
+    end = next(POS)
+    out += stage.handle(0, end, FileEnd(size=len(data), segments=3, consistent=True, **ev))
+    assert stage.settled(0) == end
     chunks = [e.event for e in out if isinstance(e.event, Chunk)]
     assert b"".join(c.data for c in chunks) == data
     assert [c.data for c in chunks] == list(chunk_stream(io.BytesIO(data)))
     [manifest] = [e.event for e in out if isinstance(e.event, FileManifest)]
     assert manifest.blobs == tuple(c.blob_id for c in chunks) and manifest.node.size == len(data)
     # the end marker goes to every chunks partition and, keyed by snapshot, to files
-    fwd = list(stage.handle(2, marker("end", 3)))
+    fwd = list(stage.handle(2, next(POS), marker("end", 3)))
     assert [(e.topic, e.partition) for e in fwd] == [("chunks", 0), ("chunks", 1), ("chunks", 2),
                                                      ("chunks", 3), ("files", None)]
     assert {e.event.source_partition for e in fwd} == {2} and fwd[-1].key == b"s1"  # type: ignore[union-attr]
@@ -64,11 +71,11 @@ def test_chunker_reassembles_segments_and_a_reread_starts_over() -> None:
 def test_chunker_rejects_segments_out_of_order() -> None:
     stage = ChunkStage(chunk_partitions=1)
     ev = dict(host="h", snapshot_id="s1", path=b"/srv/f")
-    list(stage.handle(0, FileBegin(node=META, **ev)))
+    list(stage.handle(0, next(POS), FileBegin(node=META, **ev)))
     with pytest.raises(RejectedEventError, match="expected 0"):
-        list(stage.handle(0, DataSegment(seq=1, offset=5, data=b"x", **ev)))
+        list(stage.handle(0, next(POS), DataSegment(seq=1, offset=5, data=b"x", **ev)))
     with pytest.raises(RejectedEventError, match="announced"):
-        list(stage.handle(0, FileEnd(size=9, segments=2, consistent=True, **ev)))
+        list(stage.handle(0, next(POS), FileEnd(size=9, segments=2, consistent=True, **ev)))
 
 
 def test_packer_acknowledges_only_with_markers_from_every_captures_partition(repo: Repository) -> None:
@@ -76,15 +83,15 @@ def test_packer_acknowledges_only_with_markers_from_every_captures_partition(rep
     data = os.urandom(10_000)
     blob = hashlib.sha256(data).digest()
     chunk = Chunk(blob_id=blob, snapshot_id="s1", data=data, source_partition=0)
-    assert list(stage.handle(1, chunk)) == [] and list(stage.handle(1, chunk)) == []
+    assert list(stage.handle(1, next(POS), chunk)) == [] and list(stage.handle(1, next(POS), chunk)) == []
     assert not repo.has_blob(blob, BlobType.DATA)  # not durable yet
-    assert list(stage.handle(1, marker("end", 2, source=0))) == []
-    [ack] = list(stage.handle(1, marker("end", 2, source=1)))
+    assert list(stage.handle(1, next(POS), marker("end", 2, source=0))) == []
+    [ack] = list(stage.handle(1, next(POS), marker("end", 2, source=1)))
     assert ack.topic == "stored" and ack.event == BarrierAck(snapshot_id="s1", packer_partition=1,
                                                              durable=True, partition_count=2)
     assert repo.has_blob(blob, BlobType.DATA) and stage.blobs_stored == 1  # stored once
     with pytest.raises(RejectedEventError, match="does not match"):
-        list(stage.handle(1, Chunk(blob_id=blob, snapshot_id="s1", data=b"other", source_partition=0)))
+        list(stage.handle(1, next(POS), Chunk(blob_id=blob, snapshot_id="s1", data=b"other", source_partition=0)))
     stage.close()
 
 
@@ -101,19 +108,19 @@ def test_the_three_stages_chained_commit_a_snapshot_only_after_every_ack(tmp_pat
     to_chunks: list[Emit] = []
     to_files: list[Emit] = []
     for ev in captures:
-        for e in chunker.handle(0, decode(encode(ev))):  # through the wire format, too
+        for e in chunker.handle(0, next(POS), decode(encode(ev))):  # through the wire format, too
             (to_chunks if e.topic == "chunks" else to_files).append(e)
     acks = []
     for e in to_chunks:
         part = e.partition if e.partition is not None else e.event.blob_id[0] % 2  # type: ignore[union-attr]
-        acks += packer.handle(part, e.event)
+        acks += packer.handle(part, next(POS), e.event)
     assert len(acks) == 2
     done: list[Emit] = []
     for e in to_files:
-        done += committer.handle(0, e.event)
-    done += committer.handle(0, acks[0].event)
+        done += committer.handle(0, next(POS), e.event)
+    done += committer.handle(0, next(POS), acks[0].event)
     assert done == [] and not committer.idle()  # one packer partition has not acknowledged
-    done += committer.handle(0, acks[1].event)
+    done += committer.handle(0, next(POS), acks[1].event)
     [committed] = [e.event for e in done]
     assert committer.idle() and committed.files == 2  # type: ignore[union-attr]
     snap = repo.load_snapshot(committed.restic_id)  # type: ignore[union-attr]
@@ -136,9 +143,9 @@ def test_a_snapshot_whose_blobs_are_missing_is_rejected_not_committed(repo: Repo
     stage = CommitStage(repo)
     manifest = FileManifest(snapshot_id="s1", path=b"/srv/f", node=META, blobs=(b"\x07" * 32,))
     for ev in (manifest, marker("end", 1, source=0)):
-        assert list(stage.handle(0, ev)) == []
+        assert list(stage.handle(0, next(POS), ev)) == []
     with pytest.raises(RejectedEventError, match="not in the index"):
-        list(stage.handle(0, BarrierAck(snapshot_id="s1", packer_partition=0, durable=True,
+        list(stage.handle(0, next(POS), BarrierAck(snapshot_id="s1", packer_partition=0, durable=True,
                                         partition_count=1)))
     assert stage.idle() and repo.list_snapshots() == []
 
@@ -148,9 +155,12 @@ def test_an_abandoned_snapshot_expires_and_the_committer_is_idle_again(repo: Rep
 
     stage = CommitStage(repo, abandon_after=60)
     manifest = FileManifest(snapshot_id="dead-run", path=b"/srv/f", node=META, blobs=())
-    list(stage.handle(0, manifest))  # its agent died: no end marker will come
-    assert stage.expire(time.monotonic() + 30) == [] and not stage.idle()
-    assert stage.expire(time.monotonic() + 61) == ["dead-run"] and stage.idle()
+    pos = next(POS)
+    list(stage.handle(0, pos, manifest))  # its agent died: no end marker will come
+    list(stage.tick(time.monotonic() + 30))
+    assert not stage.idle() and stage.settled(0) == pos - 1
+    list(stage.tick(time.monotonic() + 61))
+    assert stage.idle() and stage.settled(0) == pos
 
 
 def test_the_agent_scan_sends_ancestors_entries_and_segments_in_order(tmp_path: Path) -> None:
@@ -183,16 +193,16 @@ def commit_run(repo: Repository, captures: list[Event], partitions: int = 2) -> 
     to_files: list[Emit] = []
     acks: list[Emit] = []
     for ev in captures:
-        for e in chunker.handle(0, decode(encode(ev))):
+        for e in chunker.handle(0, next(POS), decode(encode(ev))):
             if e.topic == "files":
                 to_files.append(e)
             else:
                 part = e.partition if e.partition is not None else e.event.blob_id[0] % partitions  # type: ignore[union-attr]
-                acks += packer.handle(part, e.event)
+                acks += packer.handle(part, next(POS), e.event)
     packer.close()
     out: list[Emit] = []
     for e in [*to_files, *acks]:
-        out += committer.handle(0, e.event)
+        out += committer.handle(0, next(POS), e.event)
     return out
 
 
@@ -303,11 +313,11 @@ def test_an_incremental_run_whose_parent_is_gone_is_rejected(tmp_path: Path, rep
 
     stage = CommitStage(repo)
     end = replace(marker("end", 1, source=0), parent="ab" * 32, rescanned=(b"/srv",))
-    assert list(stage.handle(0, FileManifest(snapshot_id="s1", path=b"/srv/f", node=META,
+    assert list(stage.handle(0, next(POS), FileManifest(snapshot_id="s1", path=b"/srv/f", node=META,
                                              blobs=()))) == []
-    assert list(stage.handle(0, end)) == []
+    assert list(stage.handle(0, next(POS), end)) == []
     with pytest.raises(RejectedEventError, match="its parent abababab"):
-        list(stage.handle(0, BarrierAck(snapshot_id="s1", packer_partition=0, durable=True,
+        list(stage.handle(0, next(POS), BarrierAck(snapshot_id="s1", packer_partition=0, durable=True,
                                         partition_count=1)))
     assert stage.idle() and repo.list_snapshots() == []
 
@@ -319,7 +329,7 @@ def test_assembly_onto_a_parent_merges_removes_and_lets_a_captured_file_win() ->
     d = NodeMeta(type="dir", mode=0o755 | (1 << 31), mtime=2, atime=2, ctime=2, uid=0, gid=0)
     stored: dict[bytes, bytes] = {}
 
-    def store(tree_id: bytes, blob: bytes) -> None:
+    def store(tree_id: bytes, blob: bytes, nodes: list) -> None:  # type: ignore[type-arg]
         stored[tree_id] = blob
 
     def load(tree_id: bytes) -> list:  # type: ignore[type-arg]

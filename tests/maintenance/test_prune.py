@@ -17,7 +17,7 @@ from corestate.maintenance import usage
 from corestate.maintenance.check import check
 from corestate.maintenance.forget import Policy, forget
 from corestate.maintenance.prune import PruneAborted, PruneOptions, prune
-from corestate.pipeline import dedup
+from corestate.repository import ordinals
 from corestate.repository.backend import Kind, object_path
 from corestate.repository.pack import BlobType, PackBuilder, seal_blob
 from corestate.repository.repository import Repository
@@ -117,8 +117,8 @@ def test_a_missing_bitmap_is_recomputed_from_trees_and_stored(tmp_path: Path) ->
     assert report.bitmaps_recomputed == 1
     fresh = reopen(repo)
     fresh.load_index()
-    table = dedup.load_table(fresh)
-    stored = dedup.load_bitmap(fresh, s3, table)
+    table = ordinals.load_table(fresh)
+    stored = ordinals.load_bitmap(fresh, s3, table)
     assert stored is not None
     assert set(table.resolve(stored)) == usage.tree_blob_ids(fresh, fresh.load_snapshot(s3).tree)
     assert check(fresh, read_data=True).ok

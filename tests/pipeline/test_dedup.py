@@ -9,6 +9,7 @@ from pyroaring import BitMap
 from corestate.connectors.local import LocalBackend
 from corestate.pipeline import dedup
 from corestate.pipeline.backup import BackupOptions, backup
+from corestate.repository import ordinals
 from corestate.repository.backend import Kind
 from corestate.repository.repository import Repository
 
@@ -22,7 +23,7 @@ def test_prefilter_answers_certainly_new_without_exact_lookups():
             lookups.append(item)
             return item in set(known)
 
-    idx = dedup.DedupIndex(Exact(), dedup.OrdinalTable(), known)
+    idx = dedup.DedupIndex(Exact(), known)
     fresh = [os.urandom(32) for _ in range(1000)]
     assert all(idx.claim(b) for b in fresh)
     assert idx.prefilter_misses >= 990  # 32-bit prefixes rarely collide
@@ -41,9 +42,9 @@ def test_snapshot_bitmaps_record_what_each_snapshot_references(tmp_path):
     second = backup(repo, BackupOptions(paths=[str(src)]))
     repo = Repository.open(LocalBackend(str(tmp_path / "repo")), "pw")
     repo.load_index()
-    table = dedup.load_table(repo)
-    bm1 = dedup.load_bitmap(repo, first.snapshot_id, table)
-    bm2 = dedup.load_bitmap(repo, second.snapshot_id, table)
+    table = ordinals.load_table(repo)
+    bm1 = ordinals.load_bitmap(repo, first.snapshot_id, table)
+    bm2 = ordinals.load_bitmap(repo, second.snapshot_id, table)
     assert isinstance(bm1, BitMap) and isinstance(bm2, BitMap)
     added = table.resolve(bm2 - bm1)
     # what the second snapshot added: b's data blob and the changed trees
@@ -62,5 +63,5 @@ def test_bitmap_from_a_table_that_lost_a_race_is_rejected(tmp_path):
     for name in repo.list_sidecar():  # the table segment vanishes (or lost a race)
         if name.startswith("ord-"):
             repo.backend.delete(Kind.SIDECAR, name)
-    table = dedup.load_table(repo)
-    assert dedup.load_bitmap(repo, snap.snapshot_id, table) is None
+    table = ordinals.load_table(repo)
+    assert ordinals.load_bitmap(repo, snap.snapshot_id, table) is None

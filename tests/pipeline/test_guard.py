@@ -3,6 +3,7 @@ nothing (not even after a release), other events are ignored."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from corestate.repository.repository import Repository
 from corestate.schemas.codec import decode, encode
 from corestate.schemas.events import Alert, AlertFeature, SnapshotCommitted
 from tests.conftest import PASSWORD
+
+POS = itertools.count()  # record positions, as a runner gives them
 
 T = datetime(2024, 5, 1, 12, 0, 0, 250_000, tzinfo=timezone.utc)
 
@@ -34,7 +37,7 @@ def event(clean: str | None, t: datetime = T, host: str = "web1") -> Alert:
 def test_an_alert_protects_its_clean_snapshot_and_is_in_the_ledger(repo: Repository) -> None:
     guard = AlertGuard(repo)
     ev = decode(encode(event("ab" * 32)), Alert)  # as the worker gets it
-    assert list(guard.handle(0, ev)) == []
+    assert list(guard.handle(0, next(POS), ev)) == []
     assert load_protected(repo) == ["ab" * 32]
     [recorded] = AlertLedger(repo).load()
     assert recorded.id == alert_id(ev) and recorded.host == "web1"
@@ -47,21 +50,21 @@ def test_replays_are_idempotent_and_do_not_undo_a_release(repo: Repository) -> N
     guard = AlertGuard(repo)
     ev = event("cd" * 32)
     for _ in range(3):
-        list(guard.handle(0, ev))
+        list(guard.handle(0, next(POS), ev))
     assert load_protected(repo) == ["cd" * 32] and len(AlertLedger(repo).load()) == 1
     assert guard.guarded == 1
     _, unprotected = AlertLedger(repo).release(alert_id(ev))
     assert unprotected and load_protected(repo) == []
-    list(guard.handle(0, ev))  # the worker restarted and replays the topic
+    list(guard.handle(0, next(POS), ev))  # the worker restarted and replays the topic
     assert load_protected(repo) == []
     assert AlertLedger(repo).load()[0].released
 
 
 def test_two_alerts_of_one_snapshot_and_an_alert_without_one(repo: Repository) -> None:
     guard = AlertGuard(repo)
-    list(guard.handle(0, event("ef" * 32)))
-    list(guard.handle(0, event("ef" * 32, t=T.replace(second=9))))
-    list(guard.handle(0, event(None, host="db1")))  # recorded, nothing to protect
+    list(guard.handle(0, next(POS), event("ef" * 32)))
+    list(guard.handle(0, next(POS), event("ef" * 32, t=T.replace(second=9))))
+    list(guard.handle(0, next(POS), event(None, host="db1")))  # recorded, nothing to protect
     assert load_protected(repo) == ["ef" * 32]
     assert sorted(a.host for a in AlertLedger(repo).load()) == ["db1", "web1", "web1"]
 
@@ -70,6 +73,6 @@ def test_other_events_are_ignored(repo: Repository) -> None:
     guard = AlertGuard(repo)
     other = SnapshotCommitted(snapshot_id="run-1", restic_id="ab" * 32, host="h", paths=("/srv",),
                               time=T, tree="cd" * 32, files=1, bytes_added=0)
-    assert list(guard.handle(0, other)) == []
+    assert list(guard.handle(0, next(POS), other)) == []
     guard.reset()
     assert load_protected(repo) == [] and AlertLedger(repo).load() == []

@@ -10,7 +10,7 @@ import pytest
 
 from corestate.connectors.local import LocalBackend
 from corestate.maintenance.usage import tree_blob_ids
-from corestate.pipeline import dedup
+from corestate.repository import ordinals
 from corestate.pipeline.backup import BackupCache, BackupOptions, backup
 from corestate.repository.repository import Repository
 from tests.conftest import restored_root, run_restic, tree_manifest
@@ -48,9 +48,9 @@ def test_dirty_directories_only(tmp_path):
     # the stored bitmap equals the one recomputed from the trees
     repo = Repository.open(LocalBackend(str(tmp_path / "repo")), "correct horse battery staple")
     repo.load_index()
-    table = dedup.load_table(repo)
+    table = ordinals.load_table(repo)
     snap = repo.find_snapshot("latest")
-    stored = dedup.load_bitmap(repo, snap.id, table)
+    stored = ordinals.load_bitmap(repo, snap.id, table)
     walked = table.ordinals(tree_blob_ids(repo, snap.tree))
     assert stored == walked
     # a rescan subtree is read whole even though no dirty directory is in it

@@ -1,0 +1,437 @@
+"""The embedded runner: the pipeline's stages in this process and worker processes.
+
+Terms:
+
+- a *lane* is a chunk stage feeding its own pack stage (:class:`Lane`): it reads the
+  files it is given, chunks them, and stores their new blobs in packs of its own. A
+  lane runs in a *worker process* (so that reading, hashing, compressing and
+  encrypting use every core), or *inline*, in this process, when a run has too little
+  to read to be worth starting processes;
+- the *main* process scans (:mod:`.scan`), dispatches each file to read to a lane, and
+  drives the commit stage with everything the scan captured and the lanes report: the
+  same stage classes the Kafka runner drives, with lanes for partitions (lane *i* is
+  captures partition *i* and chunks partition *i*);
+- *dispatch*: a small file goes to the lane chosen by its size (identical files have
+  equal sizes, so a duplicate meets the lane that stored its first copy: no two lanes
+  store the same small blob in one run); a big one to the lane with the least work in
+  flight. Each lane has at most :data:`LANE_BYTES` and :data:`LANE_FILES` of work in
+  flight (bounded memory; the scan waits, handling the lanes' results meanwhile);
+- a run starts with a ``begin`` marker to every lane (a lane then reloads the index, so
+  it deduplicates against what other lanes and runs stored) and ends with an ``end``
+  marker: a lane forwards it after its last manifest, flushes its packs and
+  acknowledges (the pack stage's barrier with one source). A lane that received no
+  work this run is acknowledged for by the runner (nothing of the run is in it).
+
+Lanes are started on demand and kept for the next run (``corestate protect`` runs one
+every few seconds); :meth:`EmbeddedRunner.close` stops them. A worker that dies (killed,
+out of memory) fails the run with a clear error; what it had stored is in packs the next
+backup indexes (:meth:`~corestate.repository.repository.Repository.adopt_orphan_packs`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+from typing import Any
+
+from corestate.errors import CoreStateError, PermanentError
+from corestate.kernel.blockmap import BlockMapStore
+from corestate.pipeline.chunk import BLOCK_THRESHOLD, ChunkStage, ReadReport
+from corestate.pipeline.commit import CommitReport, CommitStage
+from corestate.pipeline.jobs import ReadFailed, ReadFile, Record
+from corestate.pipeline.pack import PackStage
+from corestate.pipeline.stage import RejectedEventError
+from corestate.repository.repository import Repository
+from corestate.schemas.events import BarrierAck, FileManifest, SnapshotMarker
+
+LANE_BYTES = 64 << 20
+LANE_FILES = 2048
+BATCH_BYTES = 4 << 20
+BATCH_FILES = 256
+SMALL_FILE = 1 << 20       # at most one chunk (smaller than FastCDC's minimum is 512 KiB)
+INLINE_BYTES = 8 << 20     # a run reading less than this (and few files) stays inline
+INLINE_FILES = 500
+
+
+@dataclass(frozen=True)
+class LaneConfig:
+    """What a lane needs; pickled to its worker process."""
+
+    repo: Repository
+    index: int
+    lanes: int
+    block_threshold: int = BLOCK_THRESHOLD
+    block_size: int = 1 << 20
+    block_store: str | None = None
+
+
+@dataclass
+class LaneReport:
+    """A lane's counts for one run, sent after its acknowledgement."""
+
+    index: int
+    read: ReadReport
+    blobs_stored: int
+    bytes_added: int
+
+
+@dataclass(frozen=True)
+class LaneFailed:
+    """A lane's error, sent before its process exits."""
+
+    index: int
+    message: str
+    permanent: bool
+
+
+class Lane:
+    """A chunk stage feeding a pack stage (see the module docstring)."""
+
+    def __init__(self, cfg: LaneConfig) -> None:
+        store = BlockMapStore(cfg.block_store) if cfg.block_store else None
+        self.index = cfg.index
+        self.chunk = ChunkStage(1, cfg.block_threshold, cfg.block_size, store)
+        self.pack = PackStage(cfg.repo, cfg.lanes, barrier_sources=1,
+                              flush_every=float("inf"))
+        self._position = 0
+        self._stored = (0, 0)
+
+    def process(self, records: list[Record]) -> list[Any]:
+        """Run records through the lane; what goes to the committer, in order."""
+        out: list[Any] = []
+        for record in records:
+            self._position += 1
+            if isinstance(record, SnapshotMarker) and record.kind == "begin":
+                self.pack.reset()  # deduplicate against what was stored since
+                self.chunk.report = ReadReport()
+                self._stored = (self.pack.blobs_stored, self.pack.bytes_added)
+                continue
+            for emit in self.chunk.handle(self.index, self._position, record):
+                if emit.topic == "chunks":
+                    out.extend(e.event for e in self.pack.handle(self.index, self._position,
+                                                                 emit.event))
+                else:
+                    out.append(emit.event)
+            if isinstance(record, SnapshotMarker) and record.kind == "end":
+                out.append(LaneReport(self.index, self.chunk.report,
+                                      self.pack.blobs_stored - self._stored[0],
+                                      self.pack.bytes_added - self._stored[1]))
+        return out
+
+    def close(self) -> None:
+        self.pack.close()
+
+
+def _lane_process(conn: Connection, cfg: LaneConfig) -> None:
+    """A worker process: serve one lane until told to stop (None) or the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
+    lane = None
+    try:
+        lane = Lane(cfg)
+        while True:
+            try:
+                batch = conn.recv()
+            except EOFError:
+                break
+            if batch is None:
+                break
+            conn.send(lane.process(batch))
+    except BaseException as exc:  # reported to the main process, which fails the run
+        permanent = not isinstance(exc, CoreStateError) or isinstance(exc, PermanentError)
+        try:
+            conn.send([LaneFailed(cfg.index, str(exc) or type(exc).__name__, permanent)])
+        except OSError:
+            pass
+    finally:
+        if lane is not None:
+            try:
+                lane.close()
+            except BaseException:
+                pass
+
+
+class _Worker:
+    """The main process's side of a lane in a worker process; a reader thread puts the
+    lane's replies on ``replies`` (so neither side can block the other on a full pipe)."""
+
+    def __init__(self, cfg: LaneConfig, replies: queue.SimpleQueue[tuple[int, list[Any]]]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_lane_process, args=(child, cfg),
+                                   name=f"corestate-lane-{cfg.index}", daemon=True)
+        self.process.start()
+        child.close()
+        self.index = cfg.index
+        self._replies = replies
+        self._stopping = False
+        self._reader = threading.Thread(target=self._read, name=f"lane-{cfg.index}-reader",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                out: list[Any] = self.conn.recv()
+            except (EOFError, OSError):
+                if not self._stopping:
+                    self._replies.put((self.index, [self.died()]))
+                return
+            self._replies.put((self.index, out))
+
+    def send(self, batch: list[Record]) -> None:
+        try:
+            self.conn.send(batch)
+        except OSError:
+            pass  # the reader reports the death
+
+    def died(self) -> LaneFailed:
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else \
+            f"exited with status {code}"
+        return LaneFailed(self.index, f"backup worker process {self.index} {how}; the backup "
+                          "did not complete (what it stored is reused by the next backup)",
+                          False)
+
+    def stop(self) -> None:
+        self._stopping = True
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self._reader.join(timeout=5)
+        self.conn.close()
+
+
+class _Inline:
+    """A lane in this process, for runs with little to read."""
+
+    def __init__(self, cfg: LaneConfig, replies: queue.SimpleQueue[tuple[int, list[Any]]]) -> None:
+        self.lane = Lane(cfg)
+        self.index = cfg.index
+        self._replies = replies
+
+    def send(self, batch: list[Record]) -> None:
+        self._replies.put((self.index, self.lane.process(batch)))
+
+    def stop(self) -> None:
+        self.lane.close()
+
+
+@dataclass
+class _Flight:
+    """Work handed to one lane in this run and not yet reported back."""
+
+    handle: _Worker | _Inline
+    batch: list[Record] = field(default_factory=list)
+    batch_bytes: int = 0
+    batches: int = 0
+    files: int = 0
+    bytes: int = 0
+    used: bool = False
+
+
+@dataclass
+class RunResult:
+    """One run of the embedded runner: the commit, and what the lanes reported."""
+
+    commit: CommitReport
+    reports: list[LaneReport]
+    failed: list[ReadFailed]
+
+
+class EmbeddedRunner:
+    """Runs backups through lanes and a commit stage (see the module docstring).
+
+    ``workers``: how many worker processes (0: everything inline). ``on_result`` is told
+    of every manifest or failure as it comes back (progress)."""
+
+    MAX_BATCHES = 2  # per lane: one being processed, one waiting
+
+    def __init__(self, repo: Repository, workers: int, block_threshold: int = BLOCK_THRESHOLD,
+                 block_size: int = 1 << 20, block_store: str | None = None) -> None:
+        self.repo = repo
+        self.workers = max(0, workers)
+        self._cfg = LaneConfig(repo, 0, 1, block_threshold, block_size, block_store)
+        self._replies: queue.SimpleQueue[tuple[int, list[Any]]] = queue.SimpleQueue()
+        self._workers: list[_Worker] = []
+        self._inline: _Inline | None = None
+        self._flights: dict[int, _Flight] = {}
+        self._pending: list[ReadFile] = []
+        self._pending_bytes = 0
+        self._position = 0
+        self._commit: CommitStage | None = None
+        self._begin: SnapshotMarker | None = None
+        self._reports: list[LaneReport] = []
+        self._failed: list[ReadFailed] = []
+        self.on_result: Callable[[FileManifest | ReadFailed], None] | None = None
+
+    # -- one run ---------------------------------------------------------------------------
+    def run(self, commit: CommitStage, begin: SnapshotMarker,
+            scan: Callable[[Callable[[Record], None]], list[bytes]]) -> RunResult:
+        """Scan, read, store, commit: ``scan(sink)`` calls ``sink`` with every record and
+        returns the paths of the parent's entries that are gone (the end markers carry
+        them)."""
+        self._commit, self._begin = commit, begin
+        self._flights = {}
+        self._pending, self._pending_bytes = [], 0
+        self._reports, self._failed = [], []
+        try:
+            removed = scan(self._sink)
+            if self._pending or not self._flights:
+                self._start_lanes(len(self._pending) >= INLINE_FILES
+                                  or self._pending_bytes >= INLINE_BYTES)
+            end = replace(begin, kind="end", partition_count=len(self._flights),
+                          removed=tuple(sorted(set(removed))))
+            for index, flight in self._flights.items():
+                if flight.used:
+                    self._add(flight, end, 0)
+                    self._send(flight)
+                else:  # no work this run: nothing of it is in that lane
+                    self._to_commit(replace(end, source_partition=index))
+                    self._to_commit(BarrierAck(snapshot_id=end.snapshot_id,
+                                               packer_partition=index, durable=True,
+                                               partition_count=len(self._flights)))
+            while any(f.batches or f.batch for f in self._flights.values()):
+                self._take(block=True)
+        except BaseException:
+            self.close()
+            raise
+        last = commit.reports[-1] if commit.reports else None
+        if last is None or last.committed.snapshot_id != begin.snapshot_id:
+            raise CoreStateError(f"snapshot {begin.snapshot_id} was not committed")
+        return RunResult(last, self._reports, self._failed)
+
+    def _sink(self, record: Record) -> None:
+        if isinstance(record, ReadFile):
+            if not self._flights:
+                self._pending.append(record)
+                self._pending_bytes += record.node.size
+                if len(self._pending) >= INLINE_FILES or self._pending_bytes >= INLINE_BYTES:
+                    self._start_lanes(True)
+                return
+            self._dispatch(record)
+        else:
+            self._to_commit(record)
+            if self._flights:
+                self._take(block=False)
+
+    def _start_lanes(self, parallel: bool) -> None:
+        """Choose the lanes of this run: the worker processes (started once), or inline."""
+        handles: list[_Worker | _Inline]
+        if parallel and self.workers:
+            while len(self._workers) < self.workers:
+                cfg = replace(self._cfg, index=len(self._workers), lanes=self.workers)
+                self._workers.append(_Worker(cfg, self._replies))
+            handles = list(self._workers)
+        else:
+            if self._inline is None:
+                self._inline = _Inline(replace(self._cfg, index=0, lanes=1), self._replies)
+            handles = [self._inline]
+        self._flights = {h.index: _Flight(h) for h in handles}
+        pending, self._pending = self._pending, []
+        for record in pending:
+            self._dispatch(record)
+
+    def _dispatch(self, job: ReadFile) -> None:
+        size = job.node.size
+        flights = list(self._flights.values())
+        if size < SMALL_FILE:  # equal sizes meet in one lane: see the module docstring
+            flight = flights[((size * 0x9E3779B97F4A7C15) >> 40) % len(flights)]
+        else:
+            flight = min(flights, key=lambda f: f.bytes)
+        while flight.files >= LANE_FILES or (flight.bytes >= LANE_BYTES and flight.files):
+            self._take(block=True)
+        if not flight.used:
+            assert self._begin is not None
+            flight.used = True
+            self._add(flight, self._begin, 0)
+        self._add(flight, job, size)
+        flight.files += 1
+        if flight.batch_bytes >= BATCH_BYTES or len(flight.batch) >= BATCH_FILES \
+                or flight.batches == 0:
+            self._send(flight)
+        self._take(block=False)
+
+    @staticmethod
+    def _add(flight: _Flight, record: Record, size: int) -> None:
+        flight.batch.append(record)
+        flight.batch_bytes += size
+        flight.bytes += size
+
+    def _send(self, flight: _Flight) -> None:
+        if not flight.batch or flight.batches >= self.MAX_BATCHES:
+            return
+        batch, flight.batch, flight.batch_bytes = flight.batch, [], 0
+        flight.batches += 1
+        flight.handle.send(batch)
+
+    def _take(self, block: bool) -> None:
+        """Hand the lanes' replies to the committer, in order (waiting for one if
+        ``block``); lanes with room get their waiting batch."""
+        while True:
+            try:
+                index, out = self._replies.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            flight = self._flights.get(index)
+            for item in out:
+                if isinstance(item, LaneFailed):
+                    raise (PermanentError if item.permanent else CoreStateError)(item.message)
+                if flight is None:
+                    continue  # a stale reply of a lane not in this run
+                if isinstance(item, LaneReport):
+                    self._reports.append(item)
+                    continue
+                if isinstance(item, (FileManifest, ReadFailed)) and item.path:
+                    if isinstance(item, ReadFailed) or item.node.type == "file":
+                        flight.files -= 1
+                        flight.bytes -= item.node.size if isinstance(item, FileManifest) else 0
+                    if isinstance(item, ReadFailed):
+                        self._failed.append(item)
+                    if self.on_result is not None:
+                        self.on_result(item)
+                self._to_commit(item)
+            if flight is not None:
+                flight.batches -= 1
+                if flight.files == 0:
+                    flight.bytes = 0
+                self._send(flight)
+
+    def _to_commit(self, record: Record) -> None:
+        assert self._commit is not None
+        self._position += 1
+        try:
+            for _ in self._commit.handle(0, self._position, record):
+                pass  # the committed snapshot is in the stage's reports
+        except RejectedEventError as exc:
+            raise PermanentError(str(exc)) from None
+
+    def close(self) -> None:
+        """Stop the worker processes and the inline lane."""
+        for w in self._workers:
+            w.stop()
+        self._workers = []
+        if self._inline is not None:
+            self._inline.stop()
+            self._inline = None
+        self._flights = {}
+
+
+def default_workers() -> int:
+    """One worker process per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)

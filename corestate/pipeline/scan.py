@@ -1,0 +1,220 @@
+"""The scan: what a backup run captures, decided by comparing the disk with the parent.
+
+A *scan* walks the source paths and hands each entry that the snapshot must record
+afresh to a *sink*; everything else the committer takes from the *parent* snapshot
+(:mod:`.assemble`'s incremental runs). Per entry:
+
+- a regular file whose size, mtime, ctime and inode equal its node in the parent
+  (restic's rule) is *unchanged*: not captured, so its parent node is kept whole (its
+  stored JSON too, so unchanged directories give byte-identical trees);
+- any other regular file becomes a :class:`~corestate.pipeline.jobs.ReadFile` job;
+- directories, symlinks, devices and fifos become a
+  :class:`~corestate.schemas.events.FileManifest` with their fresh metadata;
+- an entry of the parent that the directory no longer lists (deleted, now excluded) is
+  *removed*; sockets are never recorded (they cannot be restored meaningfully).
+
+Which directories are listed: without a *dirty set*, every one (a *full walk*). With
+one (``corestate protect``: the directories a watcher saw change), only the dirty
+directories are listed; a directory on the way to a dirty one is not (its listing did
+not change) and only its entries on that way are looked at; every other subtree is the
+parent's, untouched. Subtrees in ``rescan`` are walked fully all the same.
+
+The walk is iterative (trees nest thousands deep). Errors (an unreadable directory, an
+entry that cannot be stat-ed) are reported and the entry left out; the run goes on.
+
+The virtual directories above the source paths (``/home`` and ``/home/u`` for
+``/home/u/docs``) are captured like any directory, with only the entries on the way.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from corestate.errors import CoreStateError
+from corestate.pipeline.assemble import meta_from_node
+from corestate.pipeline.capture import ExcludeMatcher, node_from_stat, unchanged
+from corestate.pipeline.jobs import PreviousVersion, ReadFile, Record
+from corestate.repository.tree import Node
+from corestate.schemas.events import FileManifest
+
+LoadTree = Callable[[bytes], list[Node]]
+# A virtual directory's entries on the way to the source paths (None: the whole path).
+Roots = dict[bytes, "Roots | None"]
+
+
+@dataclass
+class ScanReport:
+    """What a scan found besides the entries it captured."""
+
+    files_unmodified: int = 0
+    bytes_unmodified: int = 0
+    files_to_read: int = 0
+    bytes_to_read: int = 0
+    dirs: int = 0
+    removed: list[bytes] = field(default_factory=list)
+    errors: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+def roots_of(paths: list[str]) -> Roots:
+    """Nested dict of path components; a source path maps to None (take it all).
+
+    >>> roots_of(["/a/b", "/a/c/d", "/a/b/e"])
+    {b'a': {b'b': None, b'c': {b'd': None}}}
+    """
+    tree: Roots = {}
+    for p in sorted(paths, key=len):
+        parts = [c for c in os.fsencode(p).split(b"/") if c]
+        level: Roots | None = tree
+        for i, comp in enumerate(parts):
+            if level is None:
+                break  # an ancestor is already backed up whole
+            if i == len(parts) - 1:
+                level[comp] = None
+            else:
+                level = level.setdefault(comp, {})
+    return tree
+
+
+def _join(path: bytes, name: bytes) -> bytes:
+    return path.rstrip(b"/") + b"/" + name
+
+
+class Scanner:
+    """One scan (see the module docstring). ``load_tree`` loads the parent's trees;
+    ``skip`` is a path never captured (the repository itself, when it lies below a
+    source path)."""
+
+    def __init__(self, snapshot_id: str, sink: Callable[[Record], None], load_tree: LoadTree,
+                 excludes: ExcludeMatcher, force: bool = False,
+                 dirty: frozenset[bytes] | None = None, rescan: frozenset[bytes] = frozenset(),
+                 skip: bytes | None = None) -> None:
+        self.snapshot_id = snapshot_id
+        self.sink = sink
+        self.load_tree = load_tree
+        self.excludes = excludes
+        self.force = force
+        self.dirty = dirty
+        self.rescan = rescan
+        self.skip = skip
+        self.report = ScanReport()
+        # every directory on the way to a dirty or rescanned one (and those themselves)
+        self._on_way: set[bytes] | None = None
+        if dirty is not None:
+            self._on_way = {b"/"}
+            for d in dirty | rescan:
+                parts = d.rstrip(b"/").split(b"/")
+                self._on_way.update(b"/".join(parts[:i]) for i in range(2, len(parts) + 1))
+
+    def run(self, paths: list[str], parent_tree: bytes | None) -> None:
+        """Scan ``paths`` against the parent's root tree (None: no parent)."""
+        root_listing = self._listing(parent_tree)
+        # work items: (directory path, its parent listing, roots below it or None, walk
+        # its whole listing)
+        stack: list[tuple[bytes, dict[bytes, Node] | None, Roots | None, bool]] = [
+            (b"/", root_listing, roots_of(paths), False)]
+        while stack:
+            path, old, only, listed = stack.pop()
+            for child in self._directory(path, old, only, listed):
+                stack.append(child)
+
+    # -- one directory -----------------------------------------------------------------
+    def _listing(self, tree_id: bytes | None) -> dict[bytes, Node] | None:
+        """The parent's entries of a directory by name; None if unknown or unreadable."""
+        if tree_id is None:
+            return None
+        try:
+            return {n.name: n for n in self.load_tree(tree_id)}
+        except CoreStateError:
+            return None  # a damaged parent only costs re-reading
+
+    def _rescanned(self, path: bytes) -> bool:
+        """``path`` is at or below one of the subtrees to scan whole."""
+        while self.rescan:
+            if path in self.rescan:
+                return True
+            if path in (b"/", b""):
+                return False
+            path = path.rsplit(b"/", 1)[0] or b"/"
+        return False
+
+    def _full(self, path: bytes) -> bool:
+        """Whether to list ``path`` whole: always in a full walk; else dirty or rescanned."""
+        return self.dirty is None or path in self.dirty or self._rescanned(path)
+
+    def _directory(self, path: bytes, old: dict[bytes, Node] | None, only: Roots | None,
+                   listed: bool) -> Iterator[tuple[bytes, dict[bytes, Node] | None,
+                                                   Roots | None, bool]]:
+        """Capture a directory's entries; yield the subdirectories to walk."""
+        self.report.dirs += 1
+        if only is not None:
+            names = sorted(only)
+        elif self._full(path) or old is None:
+            try:
+                with os.scandir(path) as it:
+                    names = sorted(os.fsencode(e.name) for e in it)
+            except OSError as exc:
+                self._error(path, exc)
+                if old is not None:  # recorded empty, not as the parent had it
+                    self.report.removed.extend(_join(path, n) for n in sorted(old))
+                return
+            if old is not None:
+                present = set(names)
+                self.report.removed.extend(_join(path, n) for n in sorted(old) if n not in present)
+        else:  # on the way to a dirty directory: its listing did not change
+            assert self._on_way is not None
+            names = sorted(n for n in old if _join(path, n) in self._on_way)
+        for name in names:
+            full = _join(path, name)
+            prev = old.get(name) if old is not None else None
+            if self.excludes.excluded(full) or full == self.skip:
+                if prev is not None:
+                    self.report.removed.append(full)
+                continue
+            try:
+                st = os.lstat(full)
+                node = node_from_stat(name, full, st)
+            except FileNotFoundError:
+                if prev is not None:
+                    self.report.removed.append(full)
+                continue  # vanished since it was listed
+            except OSError as exc:
+                self._error(full, exc)
+                if prev is not None:
+                    self.report.removed.append(full)
+                continue
+            if stat.S_ISSOCK(st.st_mode):
+                if prev is not None:
+                    self.report.removed.append(full)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                self._file(full, node, prev)
+                continue
+            self.sink(FileManifest(snapshot_id=self.snapshot_id, path=full,
+                                   node=meta_from_node(node), blobs=()))
+            if stat.S_ISDIR(st.st_mode):
+                below = None if only is None else only[name]
+                subtree = prev.subtree if prev is not None and prev.type == "dir" else None
+                if below is None and self._on_way is not None and full not in self._on_way \
+                        and subtree is not None and not self._rescanned(full):
+                    continue  # nothing changed below: the parent's subtree, untouched
+                yield full, self._listing(subtree), below, False
+
+    def _file(self, path: bytes, node: Node, prev: Node | None) -> None:
+        report = self.report
+        if prev is not None and not self.force and unchanged(prev, node):
+            report.files_unmodified += 1
+            report.bytes_unmodified += prev.size
+            return
+        previous = None
+        if prev is not None and prev.type == "file" and prev.content is not None:
+            previous = PreviousVersion(prev.size, prev.mtime, tuple(prev.content))
+        report.files_to_read += 1
+        report.bytes_to_read += node.size
+        self.sink(ReadFile(self.snapshot_id, path, meta_from_node(node), previous))
+
+    def _error(self, path: bytes, exc: OSError | CoreStateError) -> None:
+        msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        self.report.errors.append((path, msg))
