@@ -30,10 +30,13 @@ backup indexes (:meth:`~corestate.repository.repository.Repository.adopt_orphan_
 
 from __future__ import annotations
 
-import multiprocessing
+import ctypes
 import os
 import queue
 import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -128,11 +131,18 @@ class Lane:
         self.pack.close()
 
 
-def _lane_process(conn: Connection, cfg: LaneConfig) -> None:
-    """A worker process: serve one lane until told to stop (None) or the pipe closes."""
+def lane_main(fd: int) -> None:
+    """A worker process (``python -c``; see :class:`_Worker`): read its
+    :class:`LaneConfig`, then serve one lane until told to stop (None) or the pipe
+    closes. Errors go back to the main process as :class:`LaneFailed`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
+    _die_with_parent()
+    conn = Connection(fd)
     lane = None
+    index = -1
     try:
+        cfg: LaneConfig = conn.recv()
+        index = cfg.index
         lane = Lane(cfg)
         while True:
             try:
@@ -145,7 +155,7 @@ def _lane_process(conn: Connection, cfg: LaneConfig) -> None:
     except BaseException as exc:  # reported to the main process, which fails the run
         permanent = not isinstance(exc, CoreStateError) or isinstance(exc, PermanentError)
         try:
-            conn.send([LaneFailed(cfg.index, str(exc) or type(exc).__name__, permanent)])
+            conn.send([LaneFailed(index, str(exc) or type(exc).__name__, permanent)])
         except OSError:
             pass
     finally:
@@ -156,20 +166,37 @@ def _lane_process(conn: Connection, cfg: LaneConfig) -> None:
                 pass
 
 
+def _die_with_parent() -> None:
+    """Linux: be killed when the main process dies (a killed backup leaves no worker
+    writing on)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    parent = int(os.environ.get("CORESTATE_LANE_PARENT", "0"))
+    if parent and os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
 class _Worker:
-    """The main process's side of a lane in a worker process; a reader thread puts the
-    lane's replies on ``replies`` (so neither side can block the other on a full pipe)."""
+    """The main process's side of a lane in a worker process. The worker is a plain
+    ``python -c`` child joined by a socket pair (no multiprocessing start method: that
+    would re-import the caller's main module); a reader thread puts the lane's replies
+    on ``replies``, so neither side can block the other on a full pipe."""
 
     def __init__(self, cfg: LaneConfig, replies: queue.SimpleQueue[tuple[int, list[Any]]]) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_lane_process, args=(child, cfg),
-                                   name=f"corestate-lane-{cfg.index}", daemon=True)
-        self.process.start()
-        child.close()
+        ours, theirs = socket.socketpair()
+        code = f"from corestate.pipeline.embedded import lane_main; lane_main({theirs.fileno()})"
+        env = {**os.environ, "CORESTATE_LANE_PARENT": str(os.getpid())}
+        self.process = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
+                                        env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(ours.detach())
         self.index = cfg.index
         self._replies = replies
         self._stopping = False
+        self.conn.send(cfg)
         self._reader = threading.Thread(target=self._read, name=f"lane-{cfg.index}-reader",
                                         daemon=True)
         self._reader.start()
@@ -191,8 +218,10 @@ class _Worker:
             pass  # the reader reports the death
 
     def died(self) -> LaneFailed:
-        self.process.join(timeout=5)
-        code = self.process.exitcode
+        try:
+            code: int | None = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
         how = f"was killed by signal {-code}" if code is not None and code < 0 else \
             f"exited with status {code}"
         return LaneFailed(self.index, f"backup worker process {self.index} {how}; the backup "
@@ -205,10 +234,11 @@ class _Worker:
             self.conn.send(None)
         except OSError:
             pass
-        self.process.join(timeout=30)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join()
+            self.process.wait()
         self._reader.join(timeout=5)
         self.conn.close()
 
