@@ -77,6 +77,23 @@ def chunk_stream(stream: BinaryIO, window: int = WINDOW, size_hint: int | None =
     ``size_hint`` (the file's size) only sizes the first buffer: small files do not
     get a whole window; a file that grows past the hint gets the full window."""
     window = max(window, MAX_SIZE)
+    if size_hint is not None and size_hint < MIN_SIZE:
+        # a small file is one chunk (FastCDC never cuts before MIN_SIZE): read it whole,
+        # with no window to fill and no copy out of one, unless it grew meanwhile
+        parts: list[bytes] = []
+        total = 0
+        while total <= size_hint:  # to EOF, or one byte past the hint
+            part = stream.read(size_hint + 1 - total)
+            if not part:
+                break
+            parts.append(part)
+            total += len(part)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if total <= size_hint:
+            if data:
+                yield data
+            return
+        stream = _Prefixed(data, stream)  # type: ignore[assignment]  # readinto is all it needs
     buf = bytearray(window if size_hint is None else min(window, size_hint + 1))
     filled = 0
     eof = False
@@ -106,6 +123,22 @@ def chunk_stream(stream: BinaryIO, window: int = WINDOW, size_hint: int | None =
         rest = filled - keep[0]
         buf[:rest] = buf[keep[0]:filled]  # carry the unfinished chunk to the front
         filled = rest
+
+
+class _Prefixed:
+    """A stream that first yields ``head``, then the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._stream = stream
+
+    def readinto(self, into: memoryview) -> int:
+        if self._head:
+            n = min(len(into), len(self._head))
+            into[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._stream.readinto(into)  # type: ignore[attr-defined, no-any-return]
 
 
 _SPOOL = 8 << 20  # a file's bytes stay in memory up to this size, then go to a temp file

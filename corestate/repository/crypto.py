@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -47,7 +48,9 @@ class Key:
         if len(self.encrypt_key) != 32 or len(self.mac_k) != 16 or len(self.mac_r) != 16:
             raise ValueError("key parts must be 32, 16 and 16 bytes")
         object.__setattr__(self, "_clamped_r", _clamp(self.mac_r))
+        object.__setattr__(self, "_aes", algorithms.AES(self.encrypt_key))
         object.__setattr__(self, "_mac_cipher", Cipher(algorithms.AES(self.mac_k), modes.ECB()))
+        object.__setattr__(self, "_local", threading.local())
 
     def __reduce__(self) -> tuple[type[Key], tuple[bytes, bytes, bytes]]:
         # the cipher objects made in __post_init__ do not pickle: rebuild them
@@ -62,12 +65,16 @@ class Key:
         """From 64 bytes ``encrypt || k || r`` (the layout of scrypt's output)."""
         return cls(raw[:32], raw[32:48], raw[48:64])
 
+    def _poly_key(self, iv: bytes) -> bytes:
+        """The one-time Poly1305 key for ``iv``: ``clamp(r) || AES-128(k, IV)``. ECB keeps
+        no state between blocks, so one encryptor per thread serves every call."""
+        ecb = getattr(self._local, "ecb", None)  # type: ignore[attr-defined]
+        if ecb is None:
+            ecb = self._local.ecb = self._mac_cipher.encryptor()  # type: ignore[attr-defined]
+        return self._clamped_r + ecb.update(iv)  # type: ignore[no-any-return, attr-defined]
+
     def _tag(self, iv: bytes, ciphertext: bytes | memoryview) -> bytes:
-        enc = self._mac_cipher.encryptor()  # type: ignore[attr-defined]
-        s = enc.update(iv) + enc.finalize()
-        mac = Poly1305(self._clamped_r + s)  # type: ignore[attr-defined]
-        mac.update(ciphertext)
-        return mac.finalize()
+        return Poly1305.generate_tag(self._poly_key(iv), ciphertext)
 
     def encrypt(self, plaintext: bytes | memoryview) -> bytes:
         """``IV || ciphertext || tag`` with a fresh random IV."""
@@ -79,7 +86,7 @@ class Key:
         out = bytearray(IV_SIZE + n + TAG_SIZE + 15)  # update_into wants block-size slack
         out[:IV_SIZE] = iv
         view = memoryview(out)
-        enc = Cipher(algorithms.AES(self.encrypt_key), modes.CTR(iv)).encryptor()
+        enc = Cipher(self._aes, modes.CTR(iv)).encryptor()  # type: ignore[attr-defined]
         enc.update_into(plaintext, view[IV_SIZE:IV_SIZE + n + 15])
         enc.finalize()
         out[IV_SIZE + n:IV_SIZE + n + TAG_SIZE] = self._tag(iv, view[IV_SIZE:IV_SIZE + n])
@@ -95,13 +102,11 @@ class Key:
         iv = bytes(view[:IV_SIZE])
         ct = view[IV_SIZE:-TAG_SIZE]
         tag = bytes(view[-TAG_SIZE:])
-        enc = self._mac_cipher.encryptor()  # type: ignore[attr-defined]
-        s = enc.update(iv) + enc.finalize()
         try:
-            Poly1305.verify_tag(self._clamped_r + s, ct, tag)  # type: ignore[attr-defined]
+            Poly1305.verify_tag(self._poly_key(iv), ct, tag)
         except InvalidSignature:
             raise IntegrityError(f"{what}: MAC check failed (wrong key or damaged data)") from None
-        dec = Cipher(algorithms.AES(self.encrypt_key), modes.CTR(iv)).decryptor()
+        dec = Cipher(self._aes, modes.CTR(iv)).decryptor()  # type: ignore[attr-defined]
         return dec.update(ct) + dec.finalize()
 
     def to_json(self) -> dict[str, object]:

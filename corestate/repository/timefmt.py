@@ -50,6 +50,14 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
 def format_time(ns: int, utc: bool = False) -> str:
     """RFC 3339 with 9 fractional digits, in local time (or UTC)."""
     sec, frac = divmod(ns, _NS)
+    head, suffix = _second(sec, utc)
+    return f"{head}.{frac:09d}{suffix}"
+
+
+@lru_cache(maxsize=16384)
+def _second(sec: int, utc: bool) -> tuple[str, str]:
+    """``YYYY-MM-DDTHH:MM:SS`` and the zone suffix of one second (a tree's times
+    cluster in few seconds, so this is cached)."""
     if utc:
         tm = time.gmtime(sec)
         suffix = "Z"
@@ -59,7 +67,7 @@ def format_time(ns: int, utc: bool = False) -> str:
         sign = "+" if mins >= 0 else "-"
         suffix = "Z" if mins == 0 else f"{sign}{abs(mins) // 60:02d}:{abs(mins) % 60:02d}"
     return (f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T{tm.tm_hour:02d}:"
-            f"{tm.tm_min:02d}:{tm.tm_sec:02d}.{frac:09d}{suffix}")
+            f"{tm.tm_min:02d}:{tm.tm_sec:02d}", suffix)
 
 
 @lru_cache(maxsize=8192)
