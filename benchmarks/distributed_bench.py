@@ -303,10 +303,10 @@ class Setup:
 
 class CommitWatch:
     """Every ``SnapshotCommitted`` on ``<prefix>.snapshots`` with the time it was seen,
-    read by a background thread (:class:`corestate.agents.agent.CommitFeed`)."""
+    read by a background thread (:class:`corestate.connectors.kafka_agent.CommitFeed`)."""
 
     def __init__(self, bootstrap: str, prefix: str) -> None:
-        from corestate.agents.agent import CommitFeed
+        from corestate.connectors.kafka_agent import CommitFeed
 
         self.feed = CommitFeed({"bootstrap.servers": bootstrap}, prefix)
         self.seen: list[tuple[float, Any]] = []

@@ -38,6 +38,9 @@ extras=metrics
 ((dev)) && extras=metrics,kafka,s3,azure,gcs,test
 echo "install: corestate[$extras] (editable) into $("$PY" -c 'import sys; print(sys.prefix)')" >&2
 "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[$extras]"
+# Byte-compile the package now: every command and every backup worker process starts
+# from it, also where PYTHONDONTWRITEBYTECODE keeps Python from caching it itself.
+"$PY" -m compileall -q corestate
 
 echo "installed:" >&2
 "$PY" - <<'PYEOF' >&2

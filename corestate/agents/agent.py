@@ -31,16 +31,15 @@ Terms:
   full. Directories the watcher could not watch are rescanned whole every
   ``unwatched_rescan`` seconds.
 
-:func:`scan` and :func:`scan_changes` produce the stream through a callback and import
-no Kafka client; :func:`publish_once` sends a full run with an idempotent
-confluent-kafka producer and returns only when every record is acknowledged;
-:func:`watch` publishes a full run, then a run after every batch of changes: incremental
-on the previous run once ``<prefix>.snapshots`` (:class:`CommitFeed`) shows it
-committed (it waits up to ``parent_wait`` seconds for that), else full. With an
-:class:`~corestate.agents.sentinel.AgentSentinel` it also feeds the batches and the
-commits to the anomaly detector, which publishes alerts on ``<prefix>.alerts``. Each
-takes a *codec* (:class:`~corestate.schemas.codec.Codec`): with a schema registry, events
-go out with registry framing; without, in Avro single-object encoding.
+:func:`scan` and :func:`scan_changes` produce the stream through a callback;
+:func:`publish_run` brackets it with markers and sends it to a :class:`CaptureSink`,
+returning only when every record is acknowledged; :func:`watch` publishes a full run,
+then a run after every batch of changes: incremental on the previous run once the
+:class:`CommitSource` shows it committed (it waits up to ``parent_wait`` seconds for
+that), else full. With an :class:`~corestate.agents.sentinel.AgentSentinel` it also
+feeds the batches and the commits to the anomaly detector, whose alerts go to the sink.
+This module imports no Kafka client: the sink and the source of distributed mode are
+:mod:`corestate.connectors.kafka_agent`'s.
 """
 
 from __future__ import annotations
@@ -52,10 +51,10 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from corestate.errors import PermanentError, RetryableError
 from corestate.kernel.reflink import CLONE_PREFIX
@@ -67,7 +66,6 @@ from corestate.schemas.events import (MAX_SEGMENT, DataSegment, Delete, Event, F
 
 if TYPE_CHECKING:
     from corestate.agents.sentinel import AgentSentinel
-    from corestate.schemas.codec import Codec
 
 log = logging.getLogger("corestate.agents.agent")
 
@@ -403,181 +401,89 @@ def _subdirs(top: bytes, excluded: Callable[[bytes], bool]) -> list[bytes]:
     return found
 
 
-class CapturePublisher:
-    """An idempotent producer to ``<prefix>.captures`` that publishes whole runs (and, on
-    ``<prefix>.alerts``, alerts), encoded by ``codec`` (default: single-object)."""
+class CaptureSink(Protocol):
+    """Where an agent's runs and alerts go (distributed mode: a Kafka producer,
+    :class:`corestate.connectors.kafka_agent.CapturePublisher`)."""
 
-    def __init__(self, client: Mapping[str, str], prefix: str = "corestate",
-                 codec: Codec | None = None) -> None:
-        try:
-            from confluent_kafka import KafkaException, Producer
-        except ModuleNotFoundError:
-            raise PermanentError("Kafka support is not installed: pip install 'corestate[kafka]'") from None
-        from corestate.connectors.kafka_topics import PRODUCER_DEFAULTS, spec
-        from corestate.schemas.codec import Codec
+    partitions: int  # of the captures topic: a marker goes to every one
 
-        self.codec = codec if codec is not None else Codec()
-
-        self.topic = spec("captures").name(prefix)
-        self.alerts_topic = spec("alerts").name(prefix)
-        conf = {**PRODUCER_DEFAULTS, "message.max.bytes": str(spec("captures").max_message_bytes),
-                "linger.ms": "5", "queue.buffering.max.kbytes": str(64 * 1024), **client}
-        try:
-            self.producer = Producer(conf)
-            meta = self.producer.list_topics(self.topic, timeout=30)
-        except KafkaException as exc:
-            raise RetryableError(f"cannot reach Kafka at {client.get('bootstrap.servers')}: "
-                                 f"{exc.args[0].str()}") from None
-        tmeta = meta.topics.get(self.topic)
-        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
-            raise PermanentError(f"topic {self.topic} does not exist: run `corestate topics create`")
-        self.partitions = len(tmeta.partitions)
-        self.failures: list[str] = []
-
-    def _delivered(self, err: object, _msg: object) -> None:
-        if err is not None:
-            self.failures.append(str(err))
-
-    def _produce(self, topic: str, event: Event, partition: int | None = None,
-                 on_delivery: Callable[[Any, Any], None] | None = None) -> None:
-        from corestate.connectors.kafka_topics import key_for
-
-        value = self.codec.encode(event)
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key_for(event),
-                                      on_delivery=on_delivery or self._delivered,
-                                      partition=-1 if partition is None else partition)  # -1: by key
-                break
-            except BufferError:  # local queue full: let deliveries drain
-                self.producer.poll(0.1)
-        self.producer.poll(0)
-
-    def publish_run(self, paths: list[str], host: str, excludes: list[str] | None = None,
-                    tags: list[str] | None = None, timeout: float = 300.0,
-                    increment: Increment | None = None) -> ScanSummary:
-        """Scan ``paths`` (fully, or incrementally given an ``increment``) and publish the
-        run; returns when every record is acknowledged by the brokers (acks=all), else
-        raises."""
-        summary = ScanSummary(snapshot_id=new_snapshot_id(host))
-        self.failures.clear()
-
-        def send(event: Event, partition: int | None = None) -> None:
-            self._produce(self.topic, event, partition)
-            summary.records += 1
-
-        started = datetime.now(timezone.utc)
-        abspaths = [os.path.abspath(p) for p in paths]
-
-        def markers(kind: str) -> None:
-            for p in range(self.partitions):
-                send(SnapshotMarker(host=host, snapshot_id=summary.snapshot_id, kind=kind,  # type: ignore[arg-type]
-                                    paths=tuple(abspaths), partition_count=self.partitions,
-                                    time=started, tags=tuple(tags or ()),
-                                    parent=increment.parent if increment else None,
-                                    rescanned=tuple(sorted(increment.rescanned)) if increment else (),
-                                    removed=tuple(sorted(increment.removed)) if increment else ()),
-                     partition=p)
-
-        markers("begin")
-        if increment is None:
-            scan(paths, host, summary.snapshot_id, send, excludes, summary)
-        else:
-            scan_changes(paths, host, summary.snapshot_id, send, increment, excludes, summary)
-        markers("end")
-        self.flush(timeout)
-        if self.failures:
-            raise RetryableError(f"{len(self.failures)} records were not delivered: "
-                                 f"{self.failures[0]}")
-        return summary
+    def send(self, event: Event, partition: int | None = None) -> None:
+        """Queue a capture event (by its key's partition unless one is given)."""
+        ...
 
     def publish_alert(self, event: Event, on_delivery: Callable[[Any, Any], None]) -> None:
-        """Queue an alert for ``<prefix>.alerts`` (key: host); ``on_delivery(err, msg)``
-        says how it went, from a later poll or flush."""
-        self._produce(self.alerts_topic, event, on_delivery=on_delivery)
+        """Queue an alert; ``on_delivery(err, msg)`` tells how it went."""
+        ...
 
-    def flush(self, timeout: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.producer.flush(1.0) > 0:
-            if time.monotonic() > deadline:
-                raise RetryableError(f"{len(self.producer)} records not acknowledged after "
-                                     f"{timeout:.0f}s")
+    def settle(self, timeout: float = 300.0) -> None:
+        """Return once everything queued is acknowledged; raise if any was not."""
+        ...
+
+    def poll(self) -> None:
+        """Serve delivery reports without waiting."""
+        ...
 
 
-class CommitFeed:
-    """The ``SnapshotCommitted`` events of ``<prefix>.snapshots``, every one from the
-    start (the topic is compacted: it holds every snapshot committed), read without a
-    consumer group, decoded by ``codec`` (either wire format; registry framing needs its
-    registry)."""
-
-    _PRODUCER_ONLY = frozenset({"acks", "enable.idempotence", "compression.type",
-                                "compression.codec", "partitioner", "linger.ms",
-                                "queue.buffering.max.kbytes", "message.max.bytes"})
-
-    def __init__(self, client: Mapping[str, str], prefix: str = "corestate",
-                 codec: Codec | None = None) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
-
-        from corestate.connectors.kafka_topics import spec
-        from corestate.schemas.codec import Codec
-
-        self.codec = codec if codec is not None else Codec()
-
-        self.topic = spec("snapshots").name(prefix)
-        conf = {k: v for k, v in client.items() if k not in self._PRODUCER_ONLY}
-        conf.update({"group.id": f"{prefix}.agent.{uuid.uuid4().hex}",
-                     "enable.auto.commit": "false", "auto.offset.reset": "earliest"})
-        try:
-            self.consumer = Consumer(conf)
-            meta = self.consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
-        except KafkaException as exc:
-            raise RetryableError(f"cannot reach Kafka at {client.get('bootstrap.servers')}: "
-                                 f"{exc.args[0].str()}") from None
-        if meta is None or meta.error is not None or not meta.partitions:
-            raise PermanentError(f"topic {self.topic} does not exist: run `corestate topics create`")
-        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
-                              for p in meta.partitions])
+class CommitSource(Protocol):
+    """The snapshots the workers committed (distributed mode: ``<prefix>.snapshots``,
+    :class:`corestate.connectors.kafka_agent.CommitFeed`)."""
 
     def poll(self, timeout: float = 0.0) -> list[SnapshotCommitted]:
-        from corestate.schemas.errors import UndecodableEventError
-
-        out: list[SnapshotCommitted] = []
-        for _ in range(20):  # catching up on a long history: up to 10,000 at a time
-            msgs = self.consumer.consume(num_messages=500, timeout=timeout)
-            for msg in msgs:
-                if msg.error():
-                    continue
-                try:
-                    out.append(self.codec.decode(msg.value() or b"", SnapshotCommitted))
-                except UndecodableEventError as exc:
-                    log.debug("%s@%d: %s", self.topic, msg.offset(), exc.reason)
-                except RetryableError as exc:  # the registry is away: the next run is full
-                    log.warning("%s@%d not read: %s", self.topic, msg.offset(), exc)
-            if len(msgs) < 500:
-                break
-        return out
+        ...
 
     def close(self) -> None:
-        self.consumer.close()
+        ...
 
 
-def publish_once(paths: list[str], client: Mapping[str, str], host: str | None = None,
-                 prefix: str = "corestate", excludes: list[str] | None = None,
-                 tags: list[str] | None = None, timeout: float = 300.0,
-                 codec: Codec | None = None) -> ScanSummary:
-    """Scan ``paths`` once and publish the run to ``<prefix>.captures`` (see
-    :meth:`CapturePublisher.publish_run`), encoded by ``codec``."""
-    return CapturePublisher(client, prefix, codec).publish_run(
-        paths, host or socket.gethostname(), excludes, tags, timeout)
+def publish_run(sink: CaptureSink, paths: list[str], host: str,
+                excludes: list[str] | None = None, tags: list[str] | None = None,
+                timeout: float = 300.0, increment: Increment | None = None) -> ScanSummary:
+    """Scan ``paths`` (fully, or incrementally given an ``increment``) and publish the
+    run, bracketed by markers on every partition; returns when every record is
+    acknowledged, else raises."""
+    summary = ScanSummary(snapshot_id=new_snapshot_id(host))
+
+    def send(event: Event, partition: int | None = None) -> None:
+        sink.send(event, partition)
+        summary.records += 1
+
+    started = datetime.now(timezone.utc)
+    abspaths = [os.path.abspath(p) for p in paths]
+
+    def markers(kind: str) -> None:
+        for p in range(sink.partitions):
+            send(SnapshotMarker(host=host, snapshot_id=summary.snapshot_id, kind=kind,  # type: ignore[arg-type]
+                                paths=tuple(abspaths), partition_count=sink.partitions,
+                                time=started, tags=tuple(tags or ()),
+                                parent=increment.parent if increment else None,
+                                rescanned=tuple(sorted(increment.rescanned)) if increment else (),
+                                removed=tuple(sorted(increment.removed)) if increment else (),
+                                excludes=tuple(excludes or ())),
+                 partition=p)
+
+    markers("begin")
+    if increment is None:
+        scan(paths, host, summary.snapshot_id, send, excludes, summary)
+    else:
+        scan_changes(paths, host, summary.snapshot_id, send, increment, excludes, summary)
+    markers("end")
+    sink.settle(timeout)
+    return summary
 
 
-def watch(paths: list[str], client: Mapping[str, str], host: str, stop: threading.Event,
-          prefix: str = "corestate", excludes: list[str] | None = None,
+def publish_once(sink: CaptureSink, paths: list[str], host: str | None = None,
+                 excludes: list[str] | None = None, tags: list[str] | None = None,
+                 timeout: float = 300.0) -> ScanSummary:
+    """Scan ``paths`` once and publish the run (see :func:`publish_run`)."""
+    return publish_run(sink, paths, host or socket.gethostname(), excludes, tags, timeout)
+
+
+def watch(paths: list[str], publisher: CaptureSink, feed: CommitSource, host: str,
+          stop: threading.Event, excludes: list[str] | None = None,
           tags: list[str] | None = None,
           on_run: Callable[[ScanSummary], None] = lambda s: None,
           sentinel: AgentSentinel | None = None, parent_wait: float = 60.0,
-          unwatched_rescan: float = 60.0, retry_after: float = 5.0,
-          codec: Codec | None = None) -> None:
+          unwatched_rescan: float = 60.0, retry_after: float = 5.0) -> None:
     """Publish a full run, then one whenever something under ``paths`` changes, until
     ``stop`` is set (see the module docstring). The watcher (fanotify where permitted,
     else inotify) starts before the first scan, so no change is missed between runs.
@@ -586,12 +492,9 @@ def watch(paths: list[str], client: Mapping[str, str], host: str, stop: threadin
     after it was published) so that it can build on it; a run that fails to publish
     (brokers away) is tried again ``retry_after`` seconds later, as a full run.
     ``sentinel`` (optional) gets every batch, every run and every commit; its alerts
-    are published on ``<prefix>.alerts``. ``codec`` encodes what is published and
-    decodes the commits."""
+    go to ``publisher``. ``feed`` tells which runs were committed."""
     from corestate.kernel.fanotify import open_watcher
 
-    publisher = CapturePublisher(client, prefix, codec)
-    feed = CommitFeed(client, prefix, codec)
     matcher = ExcludeMatcher(excludes or [])
     watched = sorted({r if _is_dir(r) else os.path.dirname(r) for r in _roots(paths)})
     unsent: list[Event] = []  # alerts to publish again
@@ -622,8 +525,8 @@ def watch(paths: list[str], client: Mapping[str, str], host: str, stop: threadin
                         increment = changes.plan(paths, last_restic, matcher.excluded)
                     changes = Changes()
                     try:
-                        summary = publisher.publish_run(paths, host, excludes, tags,
-                                                        increment=increment)
+                        summary = publish_run(publisher, paths, host, excludes, tags,
+                                              increment=increment)
                     except RetryableError as exc:
                         log.warning("run not published, trying again in %gs: %s", retry_after, exc)
                         changes, not_before = Changes(full=True), now + retry_after
@@ -653,7 +556,7 @@ def watch(paths: list[str], client: Mapping[str, str], host: str, stop: threadin
                 for alert in unsent[:]:
                     unsent.remove(alert)
                     publisher.publish_alert(alert, delivered(alert))
-                publisher.producer.poll(0)
+                publisher.poll()
     finally:
         feed.close()
         if sentinel is not None:
@@ -663,6 +566,6 @@ def watch(paths: list[str], client: Mapping[str, str], host: str, stop: threadin
             unsent.remove(alert)
             publisher.publish_alert(alert, delivered(alert))
         try:
-            publisher.flush(30.0)
+            publisher.settle(30.0)
         except RetryableError as exc:
             log.error("alerts not delivered at exit: %s", exc)

@@ -68,6 +68,7 @@ def agent(ctx: Context, paths: tuple[str, ...], bootstrap: str | None, host_id: 
     chunk, store and commit each run.
     """
     from corestate.agents.agent import ScanSummary, publish_once, watch
+    from corestate.connectors.kafka_agent import CapturePublisher, CommitFeed
     from corestate.schemas.codec import Codec
 
     if once and (alerts_file or detect):
@@ -101,12 +102,13 @@ def agent(ctx: Context, paths: tuple[str, ...], bootstrap: str | None, host_id: 
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        watch(list(paths), client, host, stop, prefix=prefix, excludes=list(excludes),
-              tags=list(tags), on_run=report, sentinel=sentinel, parent_wait=parent_wait,
-              codec=codec)
+        feed = CommitFeed(client, prefix, codec)
+        watch(list(paths), CapturePublisher(client, prefix, codec), feed, host, stop,
+              excludes=list(excludes), tags=list(tags), on_run=report, sentinel=sentinel,
+              parent_wait=parent_wait)
         return
-    summary = publish_once(list(paths), client, host=host, prefix=prefix,
-                           excludes=list(excludes), tags=list(tags), codec=codec)
+    summary = publish_once(CapturePublisher(client, prefix, codec), list(paths), host=host,
+                           excludes=list(excludes), tags=list(tags))
     report(summary)
     if summary.errors:
         raise IncompleteBackupError(f"{len(summary.errors)} file(s) could not be read (listed above)")

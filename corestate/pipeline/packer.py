@@ -33,7 +33,7 @@ def _compressor() -> zstandard.ZstdCompressor:
 
 
 class Packer:
-    """Thread-safe: any thread may add; full packs are written by the adding thread."""
+    """Thread-safe: any thread may add; full packs are written by the writer thread."""
 
     def __init__(self, repo: Repository, target_size: int = TARGET_PACK_SIZE,
                  compress: bool = True) -> None:

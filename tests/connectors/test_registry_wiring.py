@@ -143,7 +143,7 @@ def test_without_a_registry_the_worker_keeps_single_object_encoding_and_dead_let
 # -- the agent -------------------------------------------------------------------------
 
 class FakeProducer:
-    """What CapturePublisher uses of confluent-kafka's Producer, over no broker."""
+    """What corestate.connectors.kafka_agent.CapturePublisher uses of confluent-kafka's Producer, over no broker."""
 
     def __init__(self, conf: dict[str, str]) -> None:
         self.produced: list[tuple[str, bytes, bytes | None, int]] = []
@@ -180,13 +180,14 @@ def test_the_agents_publisher_produces_registry_framed_records(
     import confluent_kafka
 
     from corestate.agents.agent import publish_once
+    from corestate.connectors.kafka_agent import CapturePublisher
 
     monkeypatch.setattr(confluent_kafka, "Producer", FakeProducer)
     PRODUCERS.clear()
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f").write_bytes(b"x" * 5000)
-    summary = publish_once([str(tmp_path / "src")], {"bootstrap.servers": "127.0.0.1:9"},
-                           host="h1", prefix="reg", codec=Codec(registry))
+    publisher = CapturePublisher({"bootstrap.servers": "127.0.0.1:9"}, "reg", Codec(registry))
+    summary = publish_once(publisher, [str(tmp_path / "src")], host="h1")
     [producer] = PRODUCERS
     assert summary.records == len(producer.produced) > 4
     reader = Codec(registry)  # a worker's codec: resolves the ids through the registry
@@ -204,7 +205,7 @@ def test_the_agents_commit_feed_reads_registry_framed_commits(
         monkeypatch: pytest.MonkeyPatch, registry: ConfluentSchemaRegistry) -> None:
     import confluent_kafka
 
-    from corestate.agents.agent import CommitFeed
+    from corestate.connectors.kafka_agent import CommitFeed
 
     committed = SnapshotCommitted(snapshot_id="s1", restic_id="ab" * 32, host="h1", paths=("/srv",),
                                   time=T, tree="cd" * 32, files=1, bytes_added=1)
