@@ -588,7 +588,7 @@ def watch(paths: list[str], client: Mapping[str, str], host: str, stop: threadin
     ``sentinel`` (optional) gets every batch, every run and every commit; its alerts
     are published on ``<prefix>.alerts``. ``codec`` encodes what is published and
     decodes the commits."""
-    from corestate.kernel.fanotify import open_watcher
+    from corestate.kernel.watch import open_watcher
 
     publisher = CapturePublisher(client, prefix, codec)
     feed = CommitFeed(client, prefix, codec)
