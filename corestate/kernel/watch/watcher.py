@@ -50,7 +50,7 @@ The contract (``tests/kernel/test_watch.py`` holds every implementation to it):
 Lifecycle: the constructor raises :class:`~corestate.errors.PermanentError` with the
 reason when the watcher cannot be made; :meth:`Watcher.start` (which ``with`` calls)
 begins watching, and calling it again does nothing; :meth:`Watcher.close` stops, and is
-idempotent; after it ``poll`` and ``fileno`` raise ``ValueError``. A watcher is not
+idempotent; after it ``start`` and ``poll`` raise ``ValueError``. A watcher is not
 thread-safe. :class:`QueueWatcher` is that lifecycle and the coalescing poll loop,
 written once for the implementations, which read one kernel queue each.
 """
@@ -106,9 +106,6 @@ class Watcher(Protocol):
     @property
     def unwatched(self) -> frozenset[bytes]:
         """The directories that could not be watched, to be rescanned whole now and then."""
-
-    def fileno(self) -> int:
-        """A descriptor that is readable when :meth:`poll` may have something."""
 
     def close(self) -> None:
         """Stop watching; idempotent."""
@@ -187,11 +184,6 @@ class QueueWatcher:
             os.close(self._fd)
             self._fd = -1
         self._release()
-
-    def fileno(self) -> int:
-        """The queue's descriptor: readable when events (not necessarily reported) wait."""
-        self._check_open()
-        return self._fd
 
     def __enter__(self) -> Self:
         self.start()
