@@ -91,7 +91,8 @@ class ChangeBatch:
 
 
 class Watcher(Protocol):
-    """Reports changes under its roots as :class:`ChangeBatch` es (see the module docstring).
+    """Reports changes under its roots in batches (:class:`ChangeBatch`; see the module
+    docstring for the terms and the contract).
 
     ``with open_watcher(roots, excluded) as w: batch = w.poll(0.5)``
     """
@@ -100,8 +101,9 @@ class Watcher(Protocol):
         """Begin watching; the ``with`` statement calls it; a second call does nothing."""
 
     def poll(self, timeout: float, coalesce: float = COALESCE_MAX) -> ChangeBatch | None:
-        """Wait up to ``timeout`` seconds for a change; return the coalesced batch, or
-        None. A caller with a deadline passes what is left of it as ``coalesce``."""
+        """Wait up to ``timeout`` seconds for a change; return the batch coalesced for at
+        most ``coalesce`` seconds (``COALESCE_MAX`` at most), or None. A caller with a
+        deadline passes what is left of it as ``coalesce``."""
 
     @property
     def unwatched(self) -> frozenset[bytes]:
