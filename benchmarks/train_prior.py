@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corestate.kernel.watch import ChangeBatch, Watcher  # noqa: E402
+from corestate.kernel.watch.inotify import InotifyWatcher  # noqa: E402
 from corestate.models.detector import ChangeAnomalyDetector, Detector  # noqa: E402
 from corestate.models.features import FeatureExtractor  # noqa: E402
 from ransomware_sim import (ATTACK_STYLES, DEVELOPER_PROFILE, Encryptor, Workspace,  # noqa: E402
@@ -100,7 +101,7 @@ class Recorder:
         self.ws.populate()
         self.fx = FeatureExtractor()
         self.fx.prime([os.fsencode(root)])
-        self.watcher = Watcher([os.fsencode(root)])
+        self.watcher: Watcher = InotifyWatcher([os.fsencode(root)])
         self.watcher.start()
         self.rng = random.Random(seed * 7 + 1)
         self.t = 1_000_000.0

@@ -493,7 +493,7 @@ def watch(paths: list[str], publisher: CaptureSink, feed: CommitSource, host: st
     (brokers away) is tried again ``retry_after`` seconds later, as a full run.
     ``sentinel`` (optional) gets every batch, every run and every commit; its alerts
     go to ``publisher``. ``feed`` tells which runs were committed."""
-    from corestate.kernel.fanotify import open_watcher
+    from corestate.kernel.watch import open_watcher
 
     matcher = ExcludeMatcher(excludes or [])
     watched = sorted({r if _is_dir(r) else os.path.dirname(r) for r in _roots(paths)})

@@ -6,9 +6,9 @@ size, mtime, ctime or inode changed while nothing was watching), then one whenev
 something changed, at most every ``interval`` seconds.
 
 Between consistency points the watcher reports *dirty directories*: fanotify with
-filesystem-wide marks where this process may use it (:mod:`corestate.kernel.fanotify`;
+filesystem-wide marks where this process may use it (:mod:`corestate.kernel.watch.fanotify`;
 no watch limit, no race with new directories), else recursive inotify
-(:mod:`corestate.kernel.watch`); the next snapshot re-lists only those and takes every other subtree from
+(:mod:`corestate.kernel.watch.inotify`); the next snapshot re-lists only those and takes every other subtree from
 the previous snapshot without reading it (:class:`~corestate.pipeline.backup.BackupCache`
 carries the subtree bitmaps along). An inotify queue overflow makes the next snapshot a
 full scan; directories the watcher could not watch (out of inotify watches) are
@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 
 from corestate.errors import CoreStateError
 from corestate.kernel.blockmap import BlockMapStore
-from corestate.kernel.fanotify import open_watcher
-from corestate.kernel.watch import ChangeBatch
+from corestate.kernel.watch import ChangeBatch, open_watcher
 from corestate.pipeline.backup import BackupCache, BackupOptions, BackupSummary, backup
 from corestate.pipeline.capture import ExcludeMatcher
 from corestate.repository.repository import Repository

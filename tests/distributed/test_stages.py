@@ -239,8 +239,9 @@ def test_an_incremental_run_is_assembled_onto_its_parent(tmp_path: Path, repo: R
                                                          watcher_kind: str) -> None:
     from corestate.agents.agent import Changes
     from corestate.errors import PermanentError
-    from corestate.kernel.fanotify import FanotifyWatcher
     from corestate.kernel.watch import Watcher
+    from corestate.kernel.watch.fanotify import FanotifyWatcher
+    from corestate.kernel.watch.inotify import InotifyWatcher
 
     src = tmp_path / "srv"
     for d in ("keep/sub", "edit", "old/inner", "quiet", "dswap/x"):
@@ -258,11 +259,11 @@ def test_an_incremental_run_is_assembled_onto_its_parent(tmp_path: Path, repo: R
     roots = [os.fsencode(str(src))]
     if watcher_kind == "fanotify":
         try:
-            watching: FanotifyWatcher | Watcher = FanotifyWatcher(roots)
+            watching: Watcher = FanotifyWatcher(roots)
         except PermanentError as exc:
-            pytest.skip(f"no fanotify here: {exc}")
+            pytest.fail(f"fanotify must work here (root, Linux >= 5.9): {exc}")
     else:
-        watching = Watcher(roots)
+        watching = InotifyWatcher(roots)
     with watching as watcher:
         [first] = [e.event for e in commit_run(repo, run_events(src, "s1"))]
         assert first.files == 10  # type: ignore[union-attr]
