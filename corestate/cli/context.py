@@ -63,6 +63,12 @@ class Context:
     def open_repo(self) -> Repository:
         return Repository.open(open_backend(self.url()), self.password())
 
+    def read_lock(self, repo: Repository) -> contextlib.AbstractContextManager[None]:
+        """restic's non-exclusive lock for a command that only reads (prune waits for
+        it); in a repository this user cannot write, a warning and no lock."""
+        return repo.locked(exclusive=False, unlockable=lambda exc: self.warn(
+            f"reading without a lock (the repository cannot be written: {exc})"))
+
     @staticmethod
     def block_store(repo: Repository) -> BlockMapStore:
         """This host's block maps for ``repo``: ``$CORESTATE_STATE_DIR``, else

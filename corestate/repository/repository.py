@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 import zstandard
 
-from corestate.errors import (IntegrityError, NotFoundError, PermanentError,
+from corestate.errors import (CoreStateError, IntegrityError, NotFoundError, PermanentError,
                               RepositoryLockedError)
 from corestate.repository import keys as keyfiles
 from corestate.repository import lock as locks
@@ -241,11 +241,16 @@ class Repository:
         assert error is not None
         raise error
 
-    def load_tree(self, tree_id: bytes) -> list[Node]:
+    def load_tree(self, tree_id: bytes, damaged: bool = False) -> list[Node]:
+        """The nodes of a tree. Nodes whose stored JSON is damaged (see
+        :attr:`~.tree.Node.damage`) are left out unless ``damaged``: a reader that
+        does not report them must not use them (a backup re-reads such a file)."""
+        blob = self.load_blob(tree_id)
         try:
-            return decode_tree(self.load_blob(tree_id))
-        except orjson.JSONDecodeError:
-            raise IntegrityError(f"tree {tree_id.hex()[:16]} is not valid JSON") from None
+            nodes = decode_tree(blob)
+        except IntegrityError as exc:
+            raise IntegrityError(f"tree {tree_id.hex()[:16]}: {exc}") from None
+        return nodes if damaged else [n for n in nodes if not n.damage]
 
     # -- snapshots ----------------------------------------------------------------------------
     def save_snapshot(self, snap: Snapshot) -> str:
@@ -299,9 +304,21 @@ class Repository:
         return out
 
     @contextlib.contextmanager
-    def locked(self, exclusive: bool = False) -> Iterator[None]:
-        """Hold a restic-compatible lock for the duration of the block."""
-        lock_id = self.save_json(Kind.LOCKS, orjson.loads(locks.lock_document(exclusive)))
+    def locked(self, exclusive: bool = False,
+               unlockable: Callable[[CoreStateError], None] | None = None) -> Iterator[None]:
+        """Hold a restic-compatible lock for the duration of the block.
+
+        A lock that cannot be written at all (a read-only repository) raises, unless
+        ``unlockable`` is given: then it is called with the error and the block runs
+        without a lock (fine for readers: nobody can prune what they cannot write)."""
+        try:
+            lock_id = self.save_json(Kind.LOCKS, orjson.loads(locks.lock_document(exclusive)))
+        except PermanentError as exc:
+            if unlockable is None:
+                raise
+            unlockable(exc)
+            yield
+            return
         existing = self.list_locks()
         for lock in existing:
             if lock.id != lock_id and lock.held_by_dead_local_process():
