@@ -22,7 +22,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeElapsedColumn, TransferSpeedColumn)
 
 from corestate.connectors.url import open_backend
-from corestate.errors import PermanentError
+from corestate.errors import CoreStateError, PermanentError
 from corestate.kernel.blockmap import BlockMapStore
 from corestate.repository.repository import Repository
 
@@ -62,6 +62,10 @@ class Context:
 
     def open_repo(self) -> Repository:
         return Repository.open(open_backend(self.url()), self.password())
+
+    def damaged_snapshot(self, snap_id: str, exc: CoreStateError) -> None:
+        """The ``on_damaged`` of commands that list snapshots: warn and go on, as restic."""
+        self.warn(f"snapshot {snap_id[:8]} skipped, it cannot be loaded: {exc}")
 
     def read_lock(self, repo: Repository) -> contextlib.AbstractContextManager[None]:
         """restic's non-exclusive lock for a command that only reads (prune waits for

@@ -35,7 +35,8 @@ def diff(ctx: Context, first: str, second: str, metadata: bool) -> None:
     repo = ctx.open_repo()
     with ctx.read_lock(repo):
         repo.load_index()
-        source, target = repo.find_snapshot(first), repo.find_snapshot(second)
+        source, target = (repo.find_snapshot(ref, on_damaged=ctx.damaged_snapshot)
+                          for ref in (first, second))
         skipped = Skipped(ctx)
         result = diffing.diff(repo, source, target, metadata, skipped)
     if ctx.json:

@@ -36,9 +36,11 @@ def find(ctx: Context, patterns: tuple[str, ...], snapshot_refs: tuple[str, ...]
     with ctx.read_lock(repo):
         repo.load_index()
         if snapshot_refs:
-            snaps = [repo.find_snapshot(ref, host=host) for ref in snapshot_refs]
+            snaps = [repo.find_snapshot(ref, host=host, on_damaged=ctx.damaged_snapshot)
+                     for ref in snapshot_refs]
         else:
-            snaps = [s for s in repo.list_snapshots() if host is None or s.hostname == host]
+            snaps = [s for s in repo.list_snapshots(ctx.damaged_snapshot)
+                     if host is None or s.hostname == host]
         skipped = Skipped(ctx)
         matches = finding.find(repo, patterns, snaps, ignore_case, skipped)
         if ctx.json:

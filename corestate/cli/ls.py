@@ -71,7 +71,7 @@ def ls(ctx: Context, snapshot_ref: str, path: str | None, long_: bool, recursive
     repo = ctx.open_repo()
     with ctx.read_lock(repo):
         repo.load_index()
-        snap = repo.find_snapshot(snapshot_ref, host=host)
+        snap = repo.find_snapshot(snapshot_ref, host=host, on_damaged=ctx.damaged_snapshot)
         if ctx.json:
             ctx.emit({**snap.summary(), "struct_type": "snapshot"})
         else:

@@ -95,9 +95,10 @@ def restore(ctx: Context, snapshot: str, target: str, includes: tuple[str, ...],
     repo, recorder = open_recording(ctx)
     with ctx.read_lock(repo):  # prune waits for the restore instead of deleting its packs
         if at is not None:
-            snap = repo.snapshot_at(parse_when(at), host=host, path=snap_path)
+            snap = repo.snapshot_at(parse_when(at), host=host, path=snap_path,
+                                    on_damaged=ctx.damaged_snapshot)
         else:
-            snap = repo.find_snapshot(snapshot, host=host)
+            snap = repo.find_snapshot(snapshot, host=host, on_damaged=ctx.damaged_snapshot)
         started = access_time(ctx)
         try:
             with ctx.progress(f"restore {snap.short_id}") as bar:

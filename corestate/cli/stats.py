@@ -39,9 +39,11 @@ def stats(ctx: Context, snapshot_refs: tuple[str, ...], mode: str, host: str | N
     with ctx.read_lock(repo), phase_bars(ctx) as progress:
         repo.load_index()
         if snapshot_refs:
-            snaps = [repo.find_snapshot(ref, host=host) for ref in snapshot_refs]
+            snaps = [repo.find_snapshot(ref, host=host, on_damaged=ctx.damaged_snapshot)
+                     for ref in snapshot_refs]
         else:
-            snaps = [s for s in repo.list_snapshots() if host is None or s.hostname == host]
+            snaps = [s for s in repo.list_snapshots(ctx.damaged_snapshot)
+                     if host is None or s.hostname == host]
         skipped = Skipped(ctx)
         result = statistics.stats(repo, snaps, mode, progress, skipped)
     if ctx.json:

@@ -34,6 +34,8 @@ from corestate.repository.snapshot import Snapshot
 from corestate.repository.tree import Node, decode_tree
 
 _COMPRESSED_JSON = 0x02
+OnDamaged = Callable[[str, CoreStateError], None]
+"""``on_damaged(file id, error)``: told of a snapshot file that cannot be loaded."""
 INDEX_PACKS_PER_FILE = 50
 
 
@@ -259,20 +261,30 @@ class Repository:
 
     def load_snapshot(self, snap_id: str) -> Snapshot:
         doc = self.load_json(Kind.SNAPSHOTS, snap_id)
-        assert isinstance(doc, dict)
         return Snapshot.from_json(doc, snap_id)
 
-    def list_snapshots(self) -> list[Snapshot]:
-        """Every snapshot, oldest first."""
-        snaps = [self.load_snapshot(f.name) for f in self.backend.list(Kind.SNAPSHOTS)]
+    def list_snapshots(self, on_damaged: OnDamaged | None = None) -> list[Snapshot]:
+        """Every snapshot, oldest first. A snapshot file that cannot be loaded raises,
+        unless ``on_damaged`` is given: then it is told the file's id and the error, and
+        the file is left out (restic lists the intact ones and warns)."""
+        snaps = []
+        for info in self.backend.list(Kind.SNAPSHOTS):
+            try:
+                snaps.append(self.load_snapshot(info.name))
+            except (IntegrityError, NotFoundError) as exc:
+                if on_damaged is None:
+                    raise
+                on_damaged(info.name, exc)
         snaps.sort(key=lambda s: (s.time, s.id))
         return snaps
 
     def find_snapshot(self, ref: str, host: str | None = None,
-                      paths: list[str] | None = None) -> Snapshot:
-        """``latest`` (optionally for a host/paths) or an id prefix."""
+                      paths: list[str] | None = None,
+                      on_damaged: OnDamaged | None = None) -> Snapshot:
+        """``latest`` (optionally for a host/paths) or an id prefix; ``on_damaged``
+        as for :meth:`list_snapshots`."""
         if ref == "latest":
-            snaps = [s for s in self.list_snapshots()
+            snaps = [s for s in self.list_snapshots(on_damaged)
                      if (host is None or s.hostname == host)
                      and (paths is None or sorted(s.paths) == sorted(paths))]
             if not snaps:
@@ -281,10 +293,10 @@ class Repository:
         return self.load_snapshot(self.resolve(Kind.SNAPSHOTS, ref))
 
     def snapshot_at(self, at_ns: int, host: str | None = None,
-                    path: str | None = None) -> Snapshot:
+                    path: str | None = None, on_damaged: OnDamaged | None = None) -> Snapshot:
         """The newest snapshot taken at or before ``at_ns`` (of a host, or containing
         a path): the state of the protected tree at that moment."""
-        snaps = [s for s in self.list_snapshots()
+        snaps = [s for s in self.list_snapshots(on_damaged)
                  if s.time <= at_ns and (host is None or s.hostname == host)
                  and (path is None or any(path == p or path.startswith(p.rstrip("/") + "/")
                                           for p in s.paths))]
