@@ -24,6 +24,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
 from corestate.connectors.url import open_backend
 from corestate.errors import CoreStateError, PermanentError
 from corestate.kernel.blockmap import BlockMapStore
+from corestate.repository.keys import Password, password_from_file
 from corestate.repository.repository import Repository
 
 
@@ -45,16 +46,13 @@ class Context:
             raise PermanentError("no repository given: use --repo or set CORESTATE_REPOSITORY")
         return self.repo_url
 
-    def password(self, confirm: bool = False) -> str:
-        if "CORESTATE_PASSWORD" in os.environ:
-            return os.environ["CORESTATE_PASSWORD"]
+    def password(self, confirm: bool = False) -> Password:
+        """The password as bytes from the environment or a file (restic takes bytes,
+        UTF-8 or not; a file is read as restic reads it), else from a prompt."""
+        if b"CORESTATE_PASSWORD" in os.environb:
+            return os.environb[b"CORESTATE_PASSWORD"]
         if self.password_file:
-            try:
-                with open(self.password_file, encoding="utf-8") as f:
-                    return f.readline().rstrip("\r\n")
-            except OSError as exc:
-                raise PermanentError(f"cannot read password file {self.password_file}: "
-                                     f"{exc.strerror}") from None
+            return read_password_file(self.password_file)
         if sys.stdin.isatty():
             return ask_password("enter password for repository: ", confirm)
         raise PermanentError("no password given: set CORESTATE_PASSWORD, use --password-file, "
@@ -134,12 +132,21 @@ class ProgressHandle:
                               detail=detail)
 
 
+def read_password_file(path: str) -> bytes:
+    """A password file, read as restic reads it (see ``keys.password_from_file``)."""
+    try:
+        with open(path, "rb") as f:
+            return password_from_file(f.read())
+    except OSError as exc:
+        raise PermanentError(f"cannot read password file {path}: {exc.strerror}") from None
+
+
 def ask_password(prompt: str, confirm: bool) -> str:
     pw = getpass.getpass(prompt)
     if confirm and getpass.getpass("enter password again: ") != pw:
         raise PermanentError("passwords do not match")
     if not pw:
-        raise PermanentError("an empty password is not allowed")
+        raise PermanentError("an empty password is not a password")
     return pw
 
 

@@ -25,8 +25,9 @@ COMMANDS = ("repo", "backup", "protect", "snapshots", "restore", "ls", "find", "
 @click.option("-r", "--repo", "repo_url", envvar="CORESTATE_REPOSITORY", metavar="URL",
               help="Repository: a path, or local:PATH (env CORESTATE_REPOSITORY).")
 @click.option("-p", "--password-file", envvar="CORESTATE_PASSWORD_FILE", metavar="FILE",
-              help="Read the password from the first line of FILE (env CORESTATE_PASSWORD_FILE; "
-                   "CORESTATE_PASSWORD takes precedence).")
+              help="Read the password from FILE, as restic does: the whole file, white space "
+                   "trimmed at both ends (env CORESTATE_PASSWORD_FILE; CORESTATE_PASSWORD "
+                   "takes precedence).")
 @click.option("--json", "json_", is_flag=True, help="Print results as JSON for scripts.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and warnings.")
 @click.option("-v", "--verbose", count=True, help="More detail; repeat for debug logging.")

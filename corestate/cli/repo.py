@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from corestate.cli.context import Context, ask_password, pass_ctx
+from corestate.cli.context import Context, ask_password, pass_ctx, read_password_file
 from corestate.cli.main import cli
 from corestate.connectors.url import open_backend
 from corestate.errors import PermanentError
 from corestate.repository import keys as keyfiles
+from corestate.repository.keys import Password
 from corestate.repository.backend import Kind
 from corestate.repository.repository import Repository
 
@@ -24,12 +25,11 @@ def init(ctx: Context) -> None:
                f"created repository {repo.config.id[:10]} at {repo.backend.location()}")
 
 
-def _new_password(new_password_file: str | None) -> str:
+def _new_password(new_password_file: str | None) -> Password:
     if new_password_file:
-        with open(new_password_file, encoding="utf-8") as f:
-            pw = f.readline().rstrip("\r\n")
+        pw = read_password_file(new_password_file)
         if not pw:
-            raise PermanentError(f"{new_password_file}: empty password")
+            raise PermanentError(f"{new_password_file}: an empty password is not a password")
         return pw
     return ask_password("enter new password: ", confirm=True)
 

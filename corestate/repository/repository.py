@@ -54,13 +54,15 @@ class Repository:
 
     # -- opening ------------------------------------------------------------------------
     @classmethod
-    def init(cls, backend: Backend, password: str) -> Repository:
+    def init(cls, backend: Backend, password: keyfiles.Password) -> Repository:
         if backend.exists():
             try:
                 backend.stat(Kind.CONFIG, "")
                 raise PermanentError(f"{backend.location()}: a repository already exists here")
             except NotFoundError:
                 pass
+        if not password:  # before anything is created
+            raise PermanentError("an empty password is not a password")
         backend.create()
         key = Key.random()
         config = Config.new()
@@ -69,7 +71,7 @@ class Repository:
         return cls(backend, key, config, key_id)
 
     @classmethod
-    def open(cls, backend: Backend, password: str) -> Repository:
+    def open(cls, backend: Backend, password: keyfiles.Password) -> Repository:
         if not backend.exists():
             raise PermanentError(f"{backend.location()}: repository does not exist")
         try:
