@@ -96,6 +96,7 @@ class BackupSummary:
     total_duration: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)
     inconsistent: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # sidecar writes that failed
 
     @property
     def complete(self) -> bool:
@@ -542,17 +543,18 @@ def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = No
             run.sealers.shutdown(wait=True)
             run.packer.close()
             walker.join()
-        dedupmod.store_table(repo, run.table)
+        warnings = [dedupmod.store_table(repo, run.table)]
         assert root_node.subtree is not None
         snap = Snapshot(time=opts.time_ns or now_ns(), tree=root_node.subtree, paths=paths,
                         hostname=opts.hostname, tags=list(opts.tags),
                         excludes=list(opts.excludes), parent=parent.id if parent else None)
         snap_id = repo.save_snapshot(snap)
-        dedupmod.save_bitmap(repo, snap_id, root_bitmap, run.table)
+        warnings.append(dedupmod.save_bitmap(repo, snap_id, root_bitmap, run.table))
         cache.subtree_bitmaps = run.bitmaps
         cache.parent = snap
     summary = run.summary
     summary.snapshot_id = snap_id
     summary.parent = snap.parent
+    summary.warnings = [w for w in warnings if w]
     summary.total_duration = time.monotonic() - started
     return summary

@@ -173,22 +173,41 @@ def load_table(repo: Repository) -> OrdinalTable:
     return table
 
 
-def store_table(repo: Repository, table: OrdinalTable) -> None:
-    """Write a segment holding the ordinals assigned since the last stored one."""
+def store_table(repo: Repository, table: OrdinalTable) -> str | None:
+    """Write a segment holding the ordinals assigned since the last stored one.
+
+    Best effort, like every sidecar write: a segment that cannot be written (disk full)
+    is only a warning, returned (the table is rebuilt from the index when loaded)."""
     base, ids = table.unstored()
     if not ids:
-        return
+        return None
     payload = _SEGMENT + b"".join(ids)
-    repo.save_sidecar(f"ord-{base:012d}-{hashlib.sha256(payload).hexdigest()[:16]}", payload)
+    try:
+        repo.save_sidecar(f"ord-{base:012d}-{hashlib.sha256(payload).hexdigest()[:16]}", payload)
+    except CoreStateError as exc:
+        return f"the blob ordinal table was not saved ({exc}); it is rebuilt when needed"
     table.mark_stored(base, ids)
+    return None
 
 
-def save_bitmap(repo: Repository, snap_id: str, bitmap: BitMap, table: OrdinalTable) -> None:
-    """Store a snapshot's blob bitmap; call after :func:`store_table`."""
+def save_bitmap(repo: Repository, snap_id: str, bitmap: BitMap, table: OrdinalTable) -> str | None:
+    """Store a snapshot's blob bitmap; call after :func:`store_table`. Best effort: a
+    warning is returned if it cannot be stored (prune recomputes it from the trees)."""
     length = table.stored_len
-    payload = (_BITMAP + length.to_bytes(8, "little") + table.boundaries[length]
-               + bitmap.serialize())
-    repo.save_sidecar(f"bitmap-{snap_id}", payload)
+    why = None
+    if len(bitmap) and bitmap.max() >= length:
+        why = "its ordinals were not saved"  # a bitmap against an unsaved table would lie
+    else:
+        payload = (_BITMAP + length.to_bytes(8, "little") + table.boundaries[length]
+                   + bitmap.serialize())
+        try:
+            repo.save_sidecar(f"bitmap-{snap_id}", payload)
+        except CoreStateError as exc:
+            why = str(exc)
+    if why is None:
+        return None
+    return (f"snapshot {snap_id[:8]} was saved, but not its blob bitmap ({why}); it is "
+            "recomputed from the trees when needed")
 
 
 def load_bitmap(repo: Repository, snap_id: str, table: OrdinalTable) -> BitMap | None:
