@@ -21,7 +21,7 @@ from corestate.cli.context import Context
 from corestate.errors import CoreStateError
 
 COMMANDS = ("repo", "backup", "protect", "snapshots", "restore", "ls", "find", "check", "forget",
-            "prune", "stats", "diff", "tiering", "alerts", "topics", "agent", "worker")
+            "prune", "repair", "stats", "diff", "tiering", "alerts", "topics", "agent", "worker")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -147,6 +147,14 @@ class Repository:
         self._index_loaded = True
         return self.index
 
+    def reload_index(self) -> MasterIndex:
+        """Forget the loaded index and read every index file again."""
+        with self._lock:
+            self.index = MasterIndex()
+            self._index_loaded = False
+            self._pending.clear()
+        return self.load_index()
+
     def refresh_index(self) -> bool:
         """Catch up with index files written since the last load (by other backups).
 
