@@ -161,16 +161,36 @@ def load_table(repo: Repository) -> OrdinalTable:
                 continue
     for base, name in sorted(segments):
         try:
-            payload = repo.load_sidecar(name)
+            ids = parse_segment(repo.load_sidecar(name))
         except CoreStateError:
             continue
-        if payload[:4] != _SEGMENT:
-            continue
-        ids = [payload[i:i + 32] for i in range(4, len(payload), 32)]
-        table.extend_segment(base, ids)
+        if ids is not None:
+            table.extend_segment(base, ids)
     for blob_id in sorted(b for b in repo.index.blob_ids() if table.get(b) is None):
         table.assign(blob_id)
     return table
+
+
+def parse_segment(payload: bytes) -> list[bytes] | None:
+    """The blob ids of a stored table segment; None if it is not one."""
+    if payload[:4] != _SEGMENT or (len(payload) - 4) % 32:
+        return None
+    return [payload[i:i + 32] for i in range(4, len(payload), 32)]
+
+
+def parse_bitmap(payload: bytes, table: OrdinalTable) -> BitMap | None:
+    """A stored blob bitmap if it is one and valid against ``table``; None otherwise
+    (the caller recomputes it from the trees)."""
+    if payload[:4] != _BITMAP or len(payload) < 44:
+        return None
+    length = int.from_bytes(payload[4:12], "little")
+    if table.boundaries.get(length) != payload[12:44]:
+        return None
+    try:
+        bitmap = BitMap.deserialize(payload[44:])
+    except (ValueError, OverflowError, MemoryError):
+        return None
+    return bitmap if not bitmap or bitmap.max() < length else None
 
 
 def store_table(repo: Repository, table: OrdinalTable) -> str | None:
@@ -213,13 +233,7 @@ def save_bitmap(repo: Repository, snap_id: str, bitmap: BitMap, table: OrdinalTa
 def load_bitmap(repo: Repository, snap_id: str, table: OrdinalTable) -> BitMap | None:
     """A snapshot's stored bitmap if it is valid against ``table``; None otherwise."""
     try:
-        payload = repo.load_sidecar(f"bitmap-{snap_id}")
+        return parse_bitmap(repo.load_sidecar(f"bitmap-{snap_id}"), table)
     except CoreStateError:
         return None
-    if payload[:4] != _BITMAP:
-        return None
-    length = int.from_bytes(payload[4:12], "little")
-    if table.boundaries.get(length) != payload[12:44]:
-        return None
-    return BitMap.deserialize(payload[44:])
 

@@ -125,7 +125,7 @@ _GO_SPACE = ("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u200
 
 
 def password_from_file(data: bytes) -> bytes:
-    """A password file's content as restic reads it (``cmd/restic/global.go``): the
+    r"""A password file's content as restic reads it (``cmd/restic/global.go``): the
     whole file, a UTF-8 byte order mark dropped (UTF-16 with a BOM decoded to UTF-8),
     white space trimmed at both ends (Go's ``strings.TrimSpace``); bytes that are not
     UTF-8 are kept as they are.

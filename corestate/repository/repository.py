@@ -39,6 +39,20 @@ OnDamaged = Callable[[str, CoreStateError], None]
 INDEX_PACKS_PER_FILE = 50
 
 
+def decode_unpacked(plain: bytes, what: str) -> object:
+    """The JSON of a decrypted unpacked file: raw JSON, or 0x02 then zstd-compressed
+    JSON. IntegrityError naming ``what`` if it is neither."""
+    if plain[:1] == bytes([_COMPRESSED_JSON]):
+        try:
+            plain = zstandard.ZstdDecompressor().decompressobj().decompress(plain[1:])
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
+    try:
+        return orjson.loads(plain)
+    except orjson.JSONDecodeError:
+        raise IntegrityError(f"{what}: not valid JSON") from None
+
+
 class Repository:
     """An open repository. Thread-safe for concurrent blob reads and pack writes."""
 
@@ -98,16 +112,7 @@ class Repository:
         what = f"{kind.value}/{file_id[:16]}"
         if hashlib.sha256(data).hexdigest() != file_id:
             raise IntegrityError(f"{what}: content does not match its name")
-        plain = self.key.decrypt(data, what)
-        if plain[:1] == bytes([_COMPRESSED_JSON]):
-            try:
-                plain = zstandard.ZstdDecompressor().decompressobj().decompress(plain[1:])
-            except zstandard.ZstdError as exc:
-                raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
-        try:
-            return orjson.loads(plain)
-        except orjson.JSONDecodeError:
-            raise IntegrityError(f"{what}: not valid JSON") from None
+        return decode_unpacked(self.key.decrypt(data, what), what)
 
     def resolve(self, kind: Kind, prefix: str) -> str:
         """The full name of the file of ``kind`` whose name starts with ``prefix``."""
@@ -318,11 +323,11 @@ class Repository:
     def list_locks(self) -> list[locks.LockInfo]:
         out = []
         for info in self.backend.list(Kind.LOCKS):
-            try:
+            try:  # a lock that cannot be read holds nothing (restic ignores it too)
                 doc = self.load_json(Kind.LOCKS, info.name)
+                out.append(locks.parse_lock(info.name, orjson.dumps(doc)))
             except (IntegrityError, NotFoundError):
                 continue
-            out.append(locks.parse_lock(info.name, orjson.dumps(doc)))
         return out
 
     @contextlib.contextmanager
