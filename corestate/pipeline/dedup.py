@@ -188,7 +188,7 @@ def parse_bitmap(payload: bytes, table: OrdinalTable) -> BitMap | None:
         return None
     try:
         bitmap = BitMap.deserialize(payload[44:])
-    except (ValueError, OverflowError, MemoryError):
+    except (ValueError, IndexError, OverflowError, MemoryError):  # pyroaring's refusals
         return None
     return bitmap if not bitmap or bitmap.max() < length else None
 
