@@ -79,6 +79,8 @@ def repair_snapshots(ctx: Context, snapshot_ids: tuple[str, ...], forget: bool,
         ctx.emit(report.to_json())
         return
     would = "would be " if dry_run else ""
+    for snap_id, error in report.unreadable:
+        ctx.warn(f"snapshot file {snap_id[:8]} cannot be loaded and was left as it is: {error}")
     for snap, path, what in report.lost:
         ctx.info(f"snapshot {snap[:8]} {path.decode('utf-8', 'backslashreplace')}: {what}")
     for old, new in report.modified:

@@ -116,9 +116,11 @@ class SnapshotsReport:
     removed: list[str] = field(default_factory=list)  # root tree unreadable
     forgotten: list[str] = field(default_factory=list)
     lost: list[tuple[str, bytes, str]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # snapshot files
 
     def to_json(self) -> dict[str, object]:
         return {"dry_run": self.dry_run, "snapshots": self.snapshots,
+                "unreadable": [{"snapshot": s, "error": e} for s, e in self.unreadable],
                 "modified": [{"snapshot": o, "new": n} for o, n in self.modified],
                 "removed": self.removed, "forgotten": self.forgotten,
                 "lost": [{"snapshot": s, "path": json_text(p), "what": w}
@@ -226,7 +228,8 @@ def repair_snapshots(repo: Repository, snapshot_ids: list[str] | None = None,
     if snapshot_ids:
         snaps = [repo.find_snapshot(ref) for ref in snapshot_ids]
     else:
-        snaps = repo.list_snapshots(on_damaged=lambda _id, _exc: None)
+        snaps = repo.list_snapshots(
+            on_damaged=lambda snap_id, exc: report.unreadable.append((snap_id, str(exc))))
     report.snapshots = len(snaps)
     mender = _TreeMender(repo, dry_run)
     for done, snap in enumerate(snaps):
