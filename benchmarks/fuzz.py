@@ -98,9 +98,9 @@ def _run_atheris(module: str, name: str, seconds: int, out: Path) -> dict[str, o
     elif proc.returncode != 0:  # died without an artifact (killed for memory, ...)
         why = f"the fuzzer died (exit {proc.returncode}): {lines[-1]}"
         crashes = [f"(none saved: {why})"]
-    return {"target": f"{module}:{name}", "engine": "atheris", "seconds": round(time.monotonic() - started),
-            "inputs": int(runs[-1]) if runs else 0, "crashes": [str(c) for c in crashes],
-            "error": why, "exit": proc.returncode}
+    return {"target": f"{module}:{name}", "engine": "atheris",
+            "seconds": round(time.monotonic() - started), "inputs": int(runs[-1]) if runs else 0,
+            "crashes": [str(c) for c in crashes], "error": why, "exit": proc.returncode}
 
 
 # -- hypothesis: in this process ------------------------------------------------------------
@@ -173,7 +173,8 @@ def main() -> int:
     parser.add_argument("--only", action="append", default=[], metavar="MODULE[:TARGET]")
     parser.add_argument("--out", type=Path, default=Path("fuzz-crashes"),
                         help="directory for crashing inputs (default ./fuzz-crashes)")
-    parser.add_argument("--replay", metavar="FILE", help="run one saved input and show what happens")
+    parser.add_argument("--replay", metavar="FILE",
+                        help="run one saved input and show what happens")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
