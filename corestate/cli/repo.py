@@ -47,7 +47,8 @@ def key_list(ctx: Context) -> None:
     files = keyfiles.list_key_files(repo.backend)
     if ctx.json:
         ctx.emit([{"current": k.id == repo.key_id, "id": k.id, "userName": k.username,
-                   "hostName": k.hostname, "created": k.created} for k in files])
+                   "hostName": k.hostname, "created": k.created, "damage": k.damage or None}
+                  for k in files])
         return
     table = Table(box=None, header_style="bold")
     for col in (" ", "ID", "User", "Host", "Created"):
@@ -56,6 +57,10 @@ def key_list(ctx: Context) -> None:
         table.add_row("*" if k.id == repo.key_id else "", k.id[:8], k.username, k.hostname,
                       k.created[:19].replace("T", " "))
     ctx.out.print(table)
+    for k in files:
+        if k.damage:
+            ctx.warn(f"key file {k.id[:8]} is damaged ({k.damage}); `corestate key remove "
+                     f"{k.id[:8]}` removes it")
 
 
 @key.command("add")

@@ -79,3 +79,8 @@ def test_a_good_key_still_opens_beside_a_damaged_one(repo_path, corestate, tmp_p
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 1
     assert f"key file {newest.name[:8]} is damaged: N=3 is not a power of two" in proc.stderr
+    # the damaged key is shown for what it is, and can be removed
+    listing = corestate("key", "list", "--repo", str(repo_path))
+    assert f"key file {newest.name[:8]} is damaged (N=3 is not a power of two" in listing.stderr
+    corestate("key", "remove", newest.name[:8], "--repo", str(repo_path))
+    assert newest.name not in os.listdir(repo_path / "keys")
