@@ -2,8 +2,11 @@
 are printed (human text or ``--json``), and progress display.
 
 The repository comes from ``--repo`` or ``CORESTATE_REPOSITORY``; the password from
-``CORESTATE_PASSWORD``, ``--password-file`` (or ``CORESTATE_PASSWORD_FILE``), or a prompt
-when standard input is a terminal.
+``CORESTATE_PASSWORD`` (its bytes as they are), ``--password-file`` (or
+``CORESTATE_PASSWORD_FILE``; read as restic reads one, see
+:func:`corestate.repository.keys.password_from_file`), or a prompt when standard input
+is a terminal. Commands that only read take restic's shared lock (:meth:`Context.read_lock`)
+and go on past a damaged snapshot file with a warning (:meth:`Context.damaged_snapshot`).
 """
 
 from __future__ import annotations
