@@ -46,6 +46,8 @@ def backup(ctx: Context, paths: tuple[str, ...], excludes: tuple[str, ...],
             bar.update(completed=s.total_bytes_processed,
                        detail=f"{s.total_files_processed} files")
         summary = run_backup(repo, opts, progress)
+    for warning in summary.warnings:
+        ctx.warn(warning)
     for path in summary.inconsistent:
         ctx.warn(f"{path}: changed while being read; saved content may mix versions")
     for path, msg in summary.errors:
@@ -61,7 +63,8 @@ def backup(ctx: Context, paths: tuple[str, ...], excludes: tuple[str, ...],
                   "total_bytes_processed": summary.total_bytes_processed,
                   "total_duration": round(summary.total_duration, 3),
                   "errors": [{"path": p, "error": m} for p, m in summary.errors],
-                  "inconsistent": summary.inconsistent, "complete": summary.complete})
+                  "inconsistent": summary.inconsistent, "warnings": summary.warnings,
+                  "complete": summary.complete})
     else:
         ctx.info(f"Files: {summary.files_new} new, {summary.files_changed} changed, "
                  f"{summary.files_unmodified} unmodified")

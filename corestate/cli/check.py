@@ -35,7 +35,7 @@ def check(ctx: Context, read_data: bool) -> None:
     """
     repo, recorder = open_recording(ctx)
     started = access_time(ctx) if read_data else 0.0
-    with repo.locked(exclusive=False), phase_bars(ctx) as progress:
+    with ctx.read_lock(repo), phase_bars(ctx) as progress:
         try:
             report = checking.check(repo, read_data, progress)
         finally:

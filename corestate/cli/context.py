@@ -2,8 +2,11 @@
 are printed (human text or ``--json``), and progress display.
 
 The repository comes from ``--repo`` or ``CORESTATE_REPOSITORY``; the password from
-``CORESTATE_PASSWORD``, ``--password-file`` (or ``CORESTATE_PASSWORD_FILE``), or a prompt
-when standard input is a terminal.
+``CORESTATE_PASSWORD`` (its bytes as they are), ``--password-file`` (or
+``CORESTATE_PASSWORD_FILE``; read as restic reads one, see
+:func:`corestate.repository.keys.password_from_file`), or a prompt when standard input
+is a terminal. Commands that only read take restic's shared lock (:meth:`Context.read_lock`)
+and go on past a damaged snapshot file with a warning (:meth:`Context.damaged_snapshot`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeElapsedColumn, TransferSpeedColumn)
 
 from corestate.connectors.url import open_backend
-from corestate.errors import PermanentError
+from corestate.errors import CoreStateError, PermanentError
 from corestate.kernel.blockmap import BlockMapStore
+from corestate.repository.keys import Password, password_from_file
 from corestate.repository.repository import Repository
 
 
@@ -45,16 +49,13 @@ class Context:
             raise PermanentError("no repository given: use --repo or set CORESTATE_REPOSITORY")
         return self.repo_url
 
-    def password(self, confirm: bool = False) -> str:
-        if "CORESTATE_PASSWORD" in os.environ:
-            return os.environ["CORESTATE_PASSWORD"]
+    def password(self, confirm: bool = False) -> Password:
+        """The password as bytes from the environment or a file (restic takes bytes,
+        UTF-8 or not; a file is read as restic reads it), else from a prompt."""
+        if b"CORESTATE_PASSWORD" in os.environb:
+            return os.environb[b"CORESTATE_PASSWORD"]
         if self.password_file:
-            try:
-                with open(self.password_file, encoding="utf-8") as f:
-                    return f.readline().rstrip("\r\n")
-            except OSError as exc:
-                raise PermanentError(f"cannot read password file {self.password_file}: "
-                                     f"{exc.strerror}") from None
+            return read_password_file(self.password_file)
         if sys.stdin.isatty():
             return ask_password("enter password for repository: ", confirm)
         raise PermanentError("no password given: set CORESTATE_PASSWORD, use --password-file, "
@@ -62,6 +63,16 @@ class Context:
 
     def open_repo(self) -> Repository:
         return Repository.open(open_backend(self.url()), self.password())
+
+    def damaged_snapshot(self, snap_id: str, exc: CoreStateError) -> None:
+        """The ``on_damaged`` of commands that list snapshots: warn and go on, as restic."""
+        self.warn(f"snapshot {snap_id[:8]} skipped, it cannot be loaded: {exc}")
+
+    def read_lock(self, repo: Repository) -> contextlib.AbstractContextManager[None]:
+        """restic's non-exclusive lock for a command that only reads (prune waits for
+        it); in a repository this user cannot write, a warning and no lock."""
+        return repo.locked(exclusive=False, unlockable=lambda exc: self.warn(
+            f"reading without a lock (the repository cannot be written: {exc})"))
 
     @staticmethod
     def block_store(repo: Repository) -> BlockMapStore:
@@ -124,12 +135,21 @@ class ProgressHandle:
                               detail=detail)
 
 
+def read_password_file(path: str) -> bytes:
+    """A password file, read as restic reads it (see ``keys.password_from_file``)."""
+    try:
+        with open(path, "rb") as f:
+            return password_from_file(f.read())
+    except OSError as exc:
+        raise PermanentError(f"cannot read password file {path}: {exc.strerror}") from None
+
+
 def ask_password(prompt: str, confirm: bool) -> str:
     pw = getpass.getpass(prompt)
     if confirm and getpass.getpass("enter password again: ") != pw:
         raise PermanentError("passwords do not match")
     if not pw:
-        raise PermanentError("an empty password is not allowed")
+        raise PermanentError("an empty password is not a password")
     return pw
 
 

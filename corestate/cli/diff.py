@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from corestate.cli.context import Context, human_size, pass_ctx
-from corestate.cli.ls import echo_raw
+from corestate.cli.ls import Skipped, echo_raw
 from corestate.cli.main import cli
 from corestate.maintenance import diff as diffing
 from corestate.maintenance.listing import show
@@ -33,11 +33,15 @@ def diff(ctx: Context, first: str, second: str, metadata: bool) -> None:
     `files`, `dirs`, `others`, `data_blobs`, `tree_blobs`, `bytes`, `stored_bytes`.
     """
     repo = ctx.open_repo()
-    repo.load_index()
-    source, target = repo.find_snapshot(first), repo.find_snapshot(second)
-    result = diffing.diff(repo, source, target, metadata)
+    with ctx.read_lock(repo):
+        repo.load_index()
+        source, target = (repo.find_snapshot(ref, on_damaged=ctx.damaged_snapshot)
+                          for ref in (first, second))
+        skipped = Skipped(ctx)
+        result = diffing.diff(repo, source, target, metadata, skipped)
     if ctx.json:
         ctx.emit(result.to_json())
+        skipped.finish()
         return
     ctx.info(f"comparing snapshot {source.short_id} to {target.short_id}:\n")
     for change in result.changes:
@@ -52,3 +56,4 @@ def diff(ctx: Context, first: str, second: str, metadata: bool) -> None:
     ctx.info(f"Tree Blobs:  {ba.tree_blobs:5d} new, {br.tree_blobs:5d} removed")
     ctx.info(f"  Added:   {human_size(ba.bytes)}")
     ctx.info(f"  Removed: {human_size(br.bytes)}")
+    skipped.finish()

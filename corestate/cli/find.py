@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from corestate.cli.context import Context, pass_ctx
-from corestate.cli.ls import echo_raw
+from corestate.cli.ls import Skipped, echo_raw
 from corestate.cli.main import cli
 from corestate.maintenance import find as finding
 from corestate.maintenance.listing import local_time, show
@@ -33,18 +33,24 @@ def find(ctx: Context, patterns: tuple[str, ...], snapshot_refs: tuple[str, ...]
     `type`, `mode`, `uid`, `gid`.
     """
     repo = ctx.open_repo()
-    repo.load_index()
-    if snapshot_refs:
-        snaps = [repo.find_snapshot(ref, host=host) for ref in snapshot_refs]
-    else:
-        snaps = [s for s in repo.list_snapshots() if host is None or s.hostname == host]
-    matches = finding.find(repo, patterns, snaps, ignore_case)
-    if ctx.json:
-        ctx.emit([m.to_json() for m in matches])
-        return
-    count = 0
-    for m in matches:
-        count += 1
-        echo_raw(f"{m.snapshot.short_id}  {m.node.size:>12}  {local_time(m.node.mtime)}  "
-                      f"{show(m.path)}{'/' if m.node.type == 'dir' else ''}")
-    ctx.info(f"{count} matches in {len(snaps)} snapshots")
+    with ctx.read_lock(repo):
+        repo.load_index()
+        if snapshot_refs:
+            snaps = [repo.find_snapshot(ref, host=host, on_damaged=ctx.damaged_snapshot)
+                     for ref in snapshot_refs]
+        else:
+            snaps = [s for s in repo.list_snapshots(ctx.damaged_snapshot)
+                     if host is None or s.hostname == host]
+        skipped = Skipped(ctx)
+        matches = finding.find(repo, patterns, snaps, ignore_case, skipped)
+        if ctx.json:
+            ctx.emit([m.to_json() for m in matches])
+            skipped.finish()
+            return
+        count = 0
+        for m in matches:
+            count += 1
+            echo_raw(f"{m.snapshot.short_id}  {m.node.size:>12}  {local_time(m.node.mtime)}  "
+                          f"{show(m.path)}{'/' if m.node.type == 'dir' else ''}")
+        ctx.info(f"{count} matches in {len(snaps)} snapshots")
+        skipped.finish()

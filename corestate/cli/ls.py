@@ -1,7 +1,8 @@
 """``corestate ls``: list the nodes of a snapshot.
 
-Also home of :func:`echo_raw`, which prints text holding undecodable file names (as
-surrogates) back as their original bytes; ``find`` and ``diff`` use it too.
+Also home of what ``find``, ``stats`` and ``diff`` share with it: :func:`echo_raw`, which
+prints text holding undecodable file names (as surrogates) back as their original bytes,
+and :class:`Skipped`, which reports damaged entries met on a walk.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import click
 
 from corestate.cli.context import Context, pass_ctx
 from corestate.cli.main import cli
-from corestate.errors import NotFoundError
+from corestate.errors import CoreStateError, NotFoundError
 from corestate.maintenance.listing import local_time, long_line, node_json, show
 from corestate.repository.walk import find_node, walk
 
@@ -23,6 +24,26 @@ def echo_raw(text: str) -> None:
     sys.stdout.flush()
     sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape") + b"\n")
     sys.stdout.buffer.flush()
+
+
+class Skipped:
+    """The ``on_error`` of a walk for commands that list: a damaged entry or an
+    unreadable directory is warned about with its path as it is met, the walk goes on,
+    and :meth:`finish` then fails the command (exit 1) saying how many were skipped."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.count = 0
+
+    def __call__(self, path: bytes, exc: CoreStateError) -> None:
+        self.count += 1
+        self.ctx.warn(f"{path.decode('utf-8', 'backslashreplace')}: {exc.message}")
+
+    def finish(self) -> None:
+        if self.count:
+            what = "entry was" if self.count == 1 else "entries were"
+            raise CoreStateError(f"{self.count} damaged {what} skipped (listed above); "
+                                 "`corestate check` tells more")
 
 
 @cli.command()
@@ -48,28 +69,32 @@ def ls(ctx: Context, snapshot_ref: str, path: str | None, long_: bool, recursive
     `size`, `mode`, `permissions`, `uid`, `gid`, `mtime`, `atime`, `ctime`, ...
     """
     repo = ctx.open_repo()
-    repo.load_index()
-    snap = repo.find_snapshot(snapshot_ref, host=host)
-    if ctx.json:
-        ctx.emit({**snap.summary(), "struct_type": "snapshot"})
-    else:
-        ctx.info(f"snapshot {snap.short_id} of [{', '.join(snap.paths)}] at "
-                 f"{local_time(snap.time)}:")
-    if path is None:
-        entries = walk(repo, snap.tree)
-    else:
-        raw = b"/" + path.encode("utf-8", "surrogateescape").strip(b"/")
-        node = find_node(repo, snap.tree, raw)
-        if raw == b"/":
-            entries = walk(repo, snap.tree, descend=lambda p, n: recursive)
-        elif node is None:
-            raise NotFoundError(f"{path}: no such path in snapshot {snap.short_id}")
-        elif node.type == "dir" and node.subtree is not None:
-            entries = walk(repo, node.subtree, raw, descend=lambda p, n: recursive)
-        else:
-            entries = iter([(raw, node)])
-    for node_path, node in entries:
+    with ctx.read_lock(repo):
+        repo.load_index()
+        snap = repo.find_snapshot(snapshot_ref, host=host, on_damaged=ctx.damaged_snapshot)
         if ctx.json:
-            ctx.emit(node_json(node_path, node))
+            ctx.emit({**snap.summary(), "struct_type": "snapshot"})
         else:
-            echo_raw(long_line(node_path, node) if long_ else show(node_path))
+            ctx.info(f"snapshot {snap.short_id} of [{', '.join(snap.paths)}] at "
+                     f"{local_time(snap.time)}:")
+        skipped = Skipped(ctx)
+        if path is None:
+            entries = walk(repo, snap.tree, on_error=skipped)
+        else:
+            raw = b"/" + path.encode("utf-8", "surrogateescape").strip(b"/")
+            node = find_node(repo, snap.tree, raw)
+            if raw == b"/":
+                entries = walk(repo, snap.tree, descend=lambda p, n: recursive, on_error=skipped)
+            elif node is None:
+                raise NotFoundError(f"{path}: no such path in snapshot {snap.short_id}")
+            elif node.type == "dir" and node.subtree is not None:
+                entries = walk(repo, node.subtree, raw, descend=lambda p, n: recursive,
+                               on_error=skipped)
+            else:
+                entries = iter([(raw, node)])
+        for node_path, node in entries:
+            if ctx.json:
+                ctx.emit(node_json(node_path, node))
+            else:
+                echo_raw(long_line(node_path, node) if long_ else show(node_path))
+        skipped.finish()

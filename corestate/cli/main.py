@@ -2,14 +2,17 @@
 
 Every command module registers itself on :data:`cli`. Errors derived from
 :class:`~corestate.errors.CoreStateError` are printed as one line and exit with their
-code; an interrupted run exits 130.
+code; an interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM), after the same clean-up
+(locks released), unless the command handles the signal itself (protect, agent, worker).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import types
 
 import click
 
@@ -18,15 +21,16 @@ from corestate.cli.context import Context
 from corestate.errors import CoreStateError
 
 COMMANDS = ("repo", "backup", "protect", "snapshots", "restore", "ls", "find", "check", "forget",
-            "prune", "stats", "diff", "tiering", "alerts", "topics", "agent", "worker")
+            "prune", "repair", "stats", "diff", "tiering", "alerts", "topics", "agent", "worker")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-r", "--repo", "repo_url", envvar="CORESTATE_REPOSITORY", metavar="URL",
               help="Repository: a path, or local:PATH (env CORESTATE_REPOSITORY).")
 @click.option("-p", "--password-file", envvar="CORESTATE_PASSWORD_FILE", metavar="FILE",
-              help="Read the password from the first line of FILE (env CORESTATE_PASSWORD_FILE; "
-                   "CORESTATE_PASSWORD takes precedence).")
+              help="Read the password from FILE, as restic does: the whole file, white space "
+                   "trimmed at both ends (env CORESTATE_PASSWORD_FILE; CORESTATE_PASSWORD "
+                   "takes precedence).")
 @click.option("--json", "json_", is_flag=True, help="Print results as JSON for scripts.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and warnings.")
 @click.option("-v", "--verbose", count=True, help="More detail; repeat for debug logging.")
@@ -108,11 +112,24 @@ def _tune_malloc() -> None:
         pass  # not glibc: nothing to tune
 
 
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so that clean-up (``finally``, ``with``)
+    runs as for Ctrl-C; not an Exception, so nothing on the way swallows it."""
+
+
+def _terminate(signum: int, frame: types.FrameType | None) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     _tune_malloc()
     _register()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=argv, prog_name="corestate", standalone_mode=False)
+    except Terminated:
+        click.echo("corestate: terminated", err=True)
+        sys.exit(128 + signal.SIGTERM)
     except CoreStateError as exc:
         click.echo(f"corestate: error: {exc.message}", err=True)
         sys.exit(exc.exit_code)

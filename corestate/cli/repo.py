@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from corestate.cli.context import Context, ask_password, pass_ctx
+from corestate.cli.context import Context, ask_password, pass_ctx, read_password_file
 from corestate.cli.main import cli
 from corestate.connectors.url import open_backend
 from corestate.errors import PermanentError
 from corestate.repository import keys as keyfiles
+from corestate.repository.keys import Password
 from corestate.repository.backend import Kind
 from corestate.repository.repository import Repository
 
@@ -24,12 +25,11 @@ def init(ctx: Context) -> None:
                f"created repository {repo.config.id[:10]} at {repo.backend.location()}")
 
 
-def _new_password(new_password_file: str | None) -> str:
+def _new_password(new_password_file: str | None) -> Password:
     if new_password_file:
-        with open(new_password_file, encoding="utf-8") as f:
-            pw = f.readline().rstrip("\r\n")
+        pw = read_password_file(new_password_file)
         if not pw:
-            raise PermanentError(f"{new_password_file}: empty password")
+            raise PermanentError(f"{new_password_file}: an empty password is not a password")
         return pw
     return ask_password("enter new password: ", confirm=True)
 
@@ -47,7 +47,8 @@ def key_list(ctx: Context) -> None:
     files = keyfiles.list_key_files(repo.backend)
     if ctx.json:
         ctx.emit([{"current": k.id == repo.key_id, "id": k.id, "userName": k.username,
-                   "hostName": k.hostname, "created": k.created} for k in files])
+                   "hostName": k.hostname, "created": k.created, "damage": k.damage or None}
+                  for k in files])
         return
     table = Table(box=None, header_style="bold")
     for col in (" ", "ID", "User", "Host", "Created"):
@@ -56,6 +57,10 @@ def key_list(ctx: Context) -> None:
         table.add_row("*" if k.id == repo.key_id else "", k.id[:8], k.username, k.hostname,
                       k.created[:19].replace("T", " "))
     ctx.out.print(table)
+    for k in files:
+        if k.damage:
+            ctx.warn(f"key file {k.id[:8]} is damaged ({k.damage}); `corestate key remove "
+                     f"{k.id[:8]}` removes it")
 
 
 @key.command("add")

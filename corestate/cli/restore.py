@@ -93,18 +93,20 @@ def restore(ctx: Context, snapshot: str, target: str, includes: tuple[str, ...],
     if at is not None and snapshot != "latest":
         raise PermanentError("give either a SNAPSHOT or --at, not both")
     repo, recorder = open_recording(ctx)
-    if at is not None:
-        snap = repo.snapshot_at(parse_when(at), host=host, path=snap_path)
-    else:
-        snap = repo.find_snapshot(snapshot, host=host)
-    started = access_time(ctx)
-    try:
-        with ctx.progress(f"restore {snap.short_id}") as bar:
-            result = run_restore(repo, snap, target, include=list(includes) or None,
-                                 progress=lambda files, nbytes: bar.update(
-                                     completed=nbytes, detail=f"{files} files"))
-    finally:
-        record_reads(ctx, repo, recorder, "restore", started, snap.id)
+    with ctx.read_lock(repo):  # prune waits for the restore instead of deleting its packs
+        if at is not None:
+            snap = repo.snapshot_at(parse_when(at), host=host, path=snap_path,
+                                    on_damaged=ctx.damaged_snapshot)
+        else:
+            snap = repo.find_snapshot(snapshot, host=host, on_damaged=ctx.damaged_snapshot)
+        started = access_time(ctx)
+        try:
+            with ctx.progress(f"restore {snap.short_id}") as bar:
+                result = run_restore(repo, snap, target, include=list(includes) or None,
+                                     progress=lambda files, nbytes: bar.update(
+                                         completed=nbytes, detail=f"{files} files"))
+        finally:
+            record_reads(ctx, repo, recorder, "restore", started, snap.id)
     for path, msg in result.errors:
         ctx.warn(f"{path}: {msg}")
     if ctx.json:

@@ -19,7 +19,7 @@ from corestate.cli.main import cli
 def snapshots(ctx: Context, host: str | None, tags: tuple[str, ...], paths: tuple[str, ...]) -> None:
     """List the snapshots in the repository, oldest first."""
     repo = ctx.open_repo()
-    snaps = [s for s in repo.list_snapshots()
+    snaps = [s for s in repo.list_snapshots(ctx.damaged_snapshot)
              if (host is None or s.hostname == host)
              and all(t in s.tags for t in tags)
              and (not paths or set(paths) <= set(s.paths))]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from corestate.cli.context import Context, human_size, pass_ctx
+from corestate.cli.ls import Skipped
 from corestate.cli.main import cli
 from corestate.cli.prune import phase_bars
 from corestate.maintenance import stats as statistics
@@ -35,15 +36,19 @@ def stats(ctx: Context, snapshot_refs: tuple[str, ...], mode: str, host: str | N
     `compression_ratio`).
     """
     repo = ctx.open_repo()
-    with repo.locked(exclusive=False), phase_bars(ctx) as progress:
+    with ctx.read_lock(repo), phase_bars(ctx) as progress:
         repo.load_index()
         if snapshot_refs:
-            snaps = [repo.find_snapshot(ref, host=host) for ref in snapshot_refs]
+            snaps = [repo.find_snapshot(ref, host=host, on_damaged=ctx.damaged_snapshot)
+                     for ref in snapshot_refs]
         else:
-            snaps = [s for s in repo.list_snapshots() if host is None or s.hostname == host]
-        result = statistics.stats(repo, snaps, mode, progress)
+            snaps = [s for s in repo.list_snapshots(ctx.damaged_snapshot)
+                     if host is None or s.hostname == host]
+        skipped = Skipped(ctx)
+        result = statistics.stats(repo, snaps, mode, progress, skipped)
     if ctx.json:
         ctx.emit(result.to_json())
+        skipped.finish()
         return
     ctx.info(f"Stats in {mode} mode:")
     ctx.info(f"Snapshots processed:   {result.snapshots_count}")
@@ -62,3 +67,4 @@ def stats(ctx: Context, snapshot_refs: tuple[str, ...], mode: str, host: str | N
     ctx.info(f"       Stored Bytes:   {human_size(r.stored_bytes)}")
     ctx.info(f" Uncompressed Bytes:   {human_size(r.uncompressed_bytes)}")
     ctx.info(f"  Compression Ratio:   {r.compression_ratio:.2f}x")
+    skipped.finish()

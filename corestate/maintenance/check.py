@@ -4,7 +4,9 @@ Terms:
 
 - *error*: damage that loses or may lose data: an index file that does not load, an
   indexed pack that is missing or whose size differs from what its index entries imply,
-  a snapshot or tree that does not load, a blob a snapshot needs that no index lists, and
+  a snapshot or tree that does not load, a tree entry that is damaged or that a restore
+  must refuse (an empty name, ``.``, ``..``, a name with ``/`` or NUL, a name twice in
+  one tree, an unknown type), a blob a snapshot needs that no index lists, and
   (with *read data*) a pack whose bytes do not hash to its name, whose header does not
   parse or disagrees with the index, or a blob that does not decrypt, decompress or hash
   to its id.
@@ -38,6 +40,7 @@ from corestate.repository.pack import (PLAIN_ENTRY, ZSTD_ENTRY, BlobType, Packed
                                        parse_header)
 from corestate.repository.repository import Repository
 from corestate.repository.snapshot import Snapshot
+from corestate.repository.tree import NODE_TYPES, Node, name_problem
 
 MAX_USERS = 3
 READ_WORKERS = 2
@@ -46,8 +49,9 @@ READ_WORKERS = 2
 @dataclass
 class Problem:
     """One finding: ``kind`` is a short tag (``index``, ``pack-missing``, ``pack-size``,
-    ``pack-hash``, ``pack-header``, ``blob``, ``snapshot``, ``tree``, ``missing-blob``,
-    ``unindexed-pack``)."""
+    ``pack-hash``, ``pack-header``, ``blob``, ``snapshot``, ``tree``, ``node`` (an entry
+    that is damaged, of an unknown type, or a file without content list), ``name`` (an
+    unsafe or duplicate name), ``missing-blob``, ``unindexed-pack``)."""
 
     kind: str
     message: str
@@ -173,14 +177,17 @@ def _check_snapshots(repo: Repository, report: CheckReport, progress: ProgressFn
                     snapshot=name, path=path))
                 continue
             try:
-                nodes = repo.load_tree(tree_id)
-            except (CoreStateError, KeyError, ValueError, TypeError) as exc:
+                nodes = repo.load_tree(tree_id, damaged=True)
+            except CoreStateError as exc:
                 report.errors.append(Problem(
                     "tree", f"snapshot {name[:8]} {_show(path)}: tree {tree_id.hex()[:16]} "
                     f"cannot be loaded: {exc}", blobs=[tree_id], snapshot=name, path=path))
                 continue
+            _check_names(report, name, path, tree_id, nodes)
             for node in nodes:
                 child = path.rstrip(b"/") + b"/" + node.name
+                if node.damage:
+                    continue  # reported by _check_names
                 if node.type == "file":
                     missing = [b for b in node.content or () if not index.has_type(b, BlobType.DATA)]
                     if missing:
@@ -197,6 +204,34 @@ def _check_snapshots(repo: Repository, report: CheckReport, progress: ProgressFn
                         seen.add(node.subtree)
                         stack.append((child, node.subtree))
     progress("snapshots", len(names), len(names))
+
+
+def _check_names(report: CheckReport, snap: str, path: bytes, tree_id: bytes,
+                 nodes: list[Node]) -> None:
+    """Entries a restore would refuse or could not place: damaged ones, unsafe or
+    duplicate names, unknown types, files without a content list."""
+    where = f"snapshot {snap[:8]} {_show(path)}: tree {tree_id.hex()[:16]}"
+
+    def problem(kind: str, what: str, node: Node) -> None:
+        report.errors.append(Problem(kind, f"{where}: {what}", blobs=[tree_id], snapshot=snap,
+                                     path=path.rstrip(b"/") + b"/" + node.name))
+
+    seen: set[bytes] = set()
+    for node in nodes:
+        shown = node.name.decode("utf-8", "backslashreplace")
+        if node.damage:
+            problem("node", f"damaged entry {shown!r}: {node.damage}", node)
+            continue
+        unsafe = name_problem(node.name)
+        if unsafe:
+            problem("name", f"unsafe entry: {unsafe}", node)
+        elif node.name in seen:
+            problem("name", f"name {shown!r} appears more than once", node)
+        seen.add(node.name)
+        if node.type not in NODE_TYPES:
+            problem("node", f"entry {shown!r} has the unknown type {node.type!r}", node)
+        elif node.type == "file" and node.content is None:
+            problem("node", f"file {shown!r} has no content list", node)
 
 
 def _show(path: bytes) -> str:

@@ -24,6 +24,7 @@ from typing import Union
 
 from pyroaring import BitMap
 
+from corestate.errors import IntegrityError
 from corestate.maintenance.listing import json_text
 from corestate.maintenance.usage import snapshot_usage
 from corestate.repository import ordinals
@@ -31,7 +32,7 @@ from corestate.repository.pack import BlobType
 from corestate.repository.repository import Repository
 from corestate.repository.snapshot import Snapshot
 from corestate.repository.tree import Node
-from corestate.repository.walk import walk
+from corestate.repository.walk import OnError, walk
 
 
 @dataclass
@@ -110,21 +111,23 @@ def _same_metadata(a: Node, b: Node) -> bool:
 
 
 def _whole(repo: Repository, modifier: str, path: bytes, node: Node,
-           counts: Counts) -> Iterator[Change]:
+           counts: Counts, on_error: OnError | None) -> Iterator[Change]:
     """A node added or removed, with everything below it."""
     yield Change(_label(path, node), modifier)
     counts.add(node)
     if node.type == "dir" and node.subtree is not None:
-        for child_path, child in walk(repo, node.subtree, path):
+        for child_path, child in walk(repo, node.subtree, path, on_error=on_error):
             counts.add(child)
             yield Change(_label(child_path, child), modifier)
 
 
 def tree_changes(repo: Repository, result: DiffResult, tree1: bytes, tree2: bytes,
-                 metadata: bool = False) -> Iterator[Change]:
-    """The changes between two trees, in restic's order (depth first, by name)."""
+                 metadata: bool = False, on_error: OnError | None = None) -> Iterator[Change]:
+    """The changes between two trees, in restic's order (depth first, by name).
+    Damaged entries of either tree go to ``on_error`` (else raise), as in
+    :func:`~corestate.repository.walk.walk`, and are left out of the comparison."""
     # An explicit stack of generators: trees can nest deeper than the recursion limit.
-    stack: list[Iterator[_Step]] = [_level(repo, result, b"/", tree1, tree2, metadata)]
+    stack: list[Iterator[_Step]] = [_level(repo, result, b"/", tree1, tree2, metadata, on_error)]
     while stack:
         item = next(stack[-1], None)
         if item is None:
@@ -135,10 +138,26 @@ def tree_changes(repo: Repository, result: DiffResult, tree1: bytes, tree2: byte
             stack.append(item)
 
 
+def _intact(repo: Repository, prefix: bytes, tree_id: bytes,
+            on_error: OnError | None) -> dict[bytes, Node]:
+    """A tree's intact nodes by name; damaged ones are reported (see tree_changes)."""
+    nodes = {}
+    for node in repo.load_tree(tree_id, damaged=True):
+        if node.damage:
+            path = _join(prefix, node.name)
+            error = IntegrityError(f"damaged entry skipped: {node.damage}")
+            if on_error is None:
+                raise IntegrityError(f"{json_text(path)}: {error.message}")
+            on_error(path, error)
+        else:
+            nodes[node.name] = node
+    return nodes
+
+
 def _level(repo: Repository, result: DiffResult, prefix: bytes, tree1: bytes, tree2: bytes,
-           metadata: bool) -> Iterator[_Step]:
-    nodes1 = {n.name: n for n in repo.load_tree(tree1)}
-    nodes2 = {n.name: n for n in repo.load_tree(tree2)}
+           metadata: bool, on_error: OnError | None) -> Iterator[_Step]:
+    nodes1 = _intact(repo, prefix, tree1, on_error)
+    nodes2 = _intact(repo, prefix, tree2, on_error)
     for name in sorted(nodes1.keys() | nodes2.keys()):
         a, b = nodes1.get(name), nodes2.get(name)
         path = _join(prefix, name)
@@ -153,11 +172,11 @@ def _level(repo: Repository, result: DiffResult, prefix: bytes, tree1: bytes, tr
                 yield Change(_label(path, b), mod)
             if (a.type == "dir" and b.type == "dir" and a.subtree is not None
                     and b.subtree is not None and a.subtree != b.subtree):
-                yield _level(repo, result, path, a.subtree, b.subtree, metadata)
+                yield _level(repo, result, path, a.subtree, b.subtree, metadata, on_error)
         elif a is not None:
-            yield from _whole(repo, "-", path, a, result.removed)
+            yield from _whole(repo, "-", path, a, result.removed, on_error)
         elif b is not None:
-            yield from _whole(repo, "+", path, b, result.added)
+            yield from _whole(repo, "+", path, b, result.added, on_error)
 
 
 def _delta(repo: Repository, table: ordinals.OrdinalTable, bitmap: BitMap) -> BlobDelta:
@@ -175,12 +194,14 @@ def _delta(repo: Repository, table: ordinals.OrdinalTable, bitmap: BitMap) -> Bl
     return delta
 
 
-def diff(repo: Repository, source: Snapshot, target: Snapshot, metadata: bool = False
-         ) -> DiffResult:
-    """Everything that changed from ``source`` to ``target`` (see the module doc)."""
+def diff(repo: Repository, source: Snapshot, target: Snapshot, metadata: bool = False,
+         on_error: OnError | None = None) -> DiffResult:
+    """Everything that changed from ``source`` to ``target`` (see the module doc;
+    ``on_error``: see :func:`tree_changes`)."""
     repo.load_index()
     result = DiffResult(source, target)
-    result.changes = list(tree_changes(repo, result, source.tree, target.tree, metadata))
+    result.changes = list(tree_changes(repo, result, source.tree, target.tree, metadata,
+                                       on_error))
     table = ordinals.load_table(repo)
     before, after = (u.bitmap for u in snapshot_usage(repo, [source, target], table))
     result.blobs_added = _delta(repo, table, after - before)

@@ -29,7 +29,7 @@ from corestate.repository.repository import Repository
 from corestate.repository.snapshot import Snapshot
 from corestate.repository.timefmt import format_time
 from corestate.repository.tree import Node
-from corestate.repository.walk import walk
+from corestate.repository.walk import OnError, walk
 
 Matcher = Callable[[bytes], bool]
 
@@ -80,11 +80,12 @@ class Match:
 
 
 def find(repo: Repository, patterns: Iterable[str], snaps: Iterable[Snapshot],
-         ignore_case: bool = False) -> Iterator[Match]:
-    """Every node of ``snaps`` (in order) matching any of ``patterns``."""
+         ignore_case: bool = False, on_error: OnError | None = None) -> Iterator[Match]:
+    """Every node of ``snaps`` (in order) matching any of ``patterns``; damaged entries
+    go to ``on_error`` as in :func:`~corestate.repository.walk.walk`."""
     matchers = [compile_pattern(p, ignore_case) for p in patterns]
     repo.load_index()
     for snap in snaps:
-        for path, node in walk(repo, snap.tree):
+        for path, node in walk(repo, snap.tree, on_error=on_error):
             if any(m(path) for m in matchers):
                 yield Match(snap, path, node)

@@ -249,8 +249,10 @@ def _repack(repo: Repository, packs: dict[str, PackInfo], opts: PruneOptions,
     return written
 
 
-def _write_index(repo: Repository, packs: dict[str, list[PackedBlob]],
-                 supersedes: list[str]) -> list[str]:
+def write_index(repo: Repository, packs: dict[str, list[PackedBlob]],
+                supersedes: list[str]) -> list[str]:
+    """Index files listing ``packs`` (at most INDEX_MAX_BLOBS blobs each), each
+    superseding ``supersedes``; their names."""
     files: list[str] = []
     chunk: dict[str, list[PackedBlob]] = {}
     count = 0
@@ -298,7 +300,7 @@ def _rewrite(repo: Repository, packs: dict[str, PackInfo], kept: dict[str, list[
                            "nothing was deleted")
     old_index = sorted(repo.index.files)
     progress("index", 0, 1)
-    new_index = _write_index(repo, final, old_index)
+    new_index = write_index(repo, final, old_index)
     report.index_files_written = len(new_index)
     for name in old_index:
         if name not in new_index:

@@ -30,7 +30,7 @@ from corestate.repository.crypto import OVERHEAD
 from corestate.repository.pack import BlobType
 from corestate.repository.repository import Repository
 from corestate.repository.snapshot import Snapshot
-from corestate.repository.walk import walk
+from corestate.repository.walk import OnError, walk
 
 MODES = ("restore-size", "raw-data")
 
@@ -86,15 +86,17 @@ class Stats:
 
 
 def restore_size(repo: Repository, snaps: Iterable[Snapshot],
-                 progress: ProgressFn = no_progress) -> tuple[int, int]:
-    """``(total size, node count)`` of restoring ``snaps`` (see the module doc)."""
+                 progress: ProgressFn = no_progress, on_error: OnError | None = None
+                 ) -> tuple[int, int]:
+    """``(total size, node count)`` of restoring ``snaps`` (see the module doc); damaged
+    entries go to ``on_error`` as in :func:`~corestate.repository.walk.walk`."""
     repo.load_index()
     snaps = list(snaps)
     size = count = 0
     for done, snap in enumerate(snaps):
         progress("snapshots", done, len(snaps))
         inodes: set[tuple[int, int]] = set()
-        for _, node in walk(repo, snap.tree):
+        for _, node in walk(repo, snap.tree, on_error=on_error):
             count += 1
             if node.inode == 0 or (node.inode, node.device_id) not in inodes:
                 inodes.add((node.inode, node.device_id))
@@ -140,15 +142,16 @@ def repository_totals(repo: Repository) -> RepositoryTotals:
 
 
 def stats(repo: Repository, snaps: Iterable[Snapshot], mode: str = "restore-size",
-          progress: ProgressFn = no_progress) -> Stats:
-    """Stats of ``snaps`` in ``mode``, plus the repository totals."""
+          progress: ProgressFn = no_progress, on_error: OnError | None = None) -> Stats:
+    """Stats of ``snaps`` in ``mode``, plus the repository totals (``on_error``: see
+    :func:`restore_size`)."""
     if mode not in MODES:
         raise ValueError(f"unknown stats mode {mode!r}; use one of {', '.join(MODES)}")
     snaps = list(snaps)
     result = Stats(mode, snapshots_count=len(snaps))
     repo.load_index()
     if mode == "restore-size":
-        result.total_size, result.total_file_count = restore_size(repo, snaps, progress)
+        result.total_size, result.total_file_count = restore_size(repo, snaps, progress, on_error)
     else:
         (result.total_blob_count, result.total_size,
          result.total_uncompressed_size) = raw_data(repo, snaps, progress)

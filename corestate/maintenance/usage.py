@@ -31,17 +31,21 @@ def tree_blob_ids(repo: Repository, root: bytes) -> set[bytes]:
 
     Each distinct subtree is loaded once. Raises IntegrityError/NotFoundError if a tree
     cannot be loaded: a set missing a subtree's blobs must never be mistaken for the
-    whole (prune would delete blobs still in use).
+    whole (prune would delete blobs still in use). Damaged nodes count with whatever
+    content and subtree could be read from them, whatever their type, so that
+    `repair snapshots` can still salvage them.
     """
     blobs = {root}
     stack = [root]
     while stack:
-        for node in repo.load_tree(stack.pop()):
-            if node.type == "file":
+        for node in repo.load_tree(stack.pop(), damaged=True):
+            if node.type == "file" or node.damage:
                 blobs.update(node.content or ())
-            elif node.type == "dir" and node.subtree is not None and node.subtree not in blobs:
+            if (node.type == "dir" or node.damage) and node.subtree is not None \
+                    and node.subtree not in blobs:
                 blobs.add(node.subtree)
-                stack.append(node.subtree)
+                if node.type == "dir":
+                    stack.append(node.subtree)
     return blobs
 
 

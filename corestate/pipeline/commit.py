@@ -298,8 +298,10 @@ class CommitStage:
             root = report.snapshot.tree
             bitmap = bitmaps.get(root) or self._tree_bitmap(root, table)
             self._bitmaps = self._keep(root, bitmaps)
-            ordinals.store_table(self.repo, table)
-            ordinals.save_bitmap(self.repo, report.snapshot.id, bitmap, table)
+            for warning in (ordinals.store_table(self.repo, table),
+                            ordinals.save_bitmap(self.repo, report.snapshot.id, bitmap, table)):
+                if warning:
+                    report.warnings.append(warning)
         except CoreStateError as exc:
             self._table = None
             report.warnings.append(f"snapshot {report.snapshot.short_id} was saved, but its "

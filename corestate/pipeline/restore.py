@@ -243,7 +243,9 @@ class _Restorer:
         return bool(self._stack) and self._stack[-1].path == path and self._stack[-1].enter
 
     def _tree_error(self, path: bytes, exc: IntegrityError | NotFoundError) -> None:
-        self.error(self.target + path, f"directory contents lost: {exc.message}")
+        """A damaged entry or a subtree that cannot be loaded (``exc`` says which)."""
+        if self.include is None or self.include.matches(path) or self.include.may_match_below(path):
+            self.error(self.target + path, exc.message)
 
     def _make_parents(self) -> bool:
         """Create the directories on the walk's current path that do not exist yet;

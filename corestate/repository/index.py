@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from corestate.errors import IntegrityError
 from corestate.repository.pack import BlobType, PackedBlob
 
 
@@ -104,18 +105,61 @@ def index_to_json(packs: dict[str, list[PackedBlob]], supersedes: Iterable[str] 
 
 def index_from_json(doc: object) -> tuple[dict[str, list[PackedBlob]], list[str]]:
     """Packs and superseded index ids from an index file's JSON (also restic's legacy
-    format, a bare list of packs)."""
-    sup: list[str]
+    format, a bare list of packs). IntegrityError saying what is wrong if it is not an
+    index: every id is 64 hex digits, offsets and lengths are integers in range.
+
+    >>> index_from_json({"packs": [{"id": "ab", "blobs": []}]})
+    Traceback (most recent call last):
+    corestate.errors.IntegrityError: not an index: pack id 'ab' is not 64 hex digits
+    """
+    try:
+        return _index_from_json(doc)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        why = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise IntegrityError(f"not an index: {why}") from None
+
+
+def _hex_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) != 64 or not _is_hex(value):
+        raise ValueError(f"{what} {value!r:.80} is not 64 hex digits")
+    return value
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return text.isascii()
+
+
+def _uint(value: object, what: str, limit: int = 1 << 32) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < limit:
+        raise ValueError(f"{what} {value!r:.80} is not an integer in range")
+    return value
+
+
+def _index_from_json(doc: object) -> tuple[dict[str, list[PackedBlob]], list[str]]:
+    packs_doc: object
+    sup: object
     if isinstance(doc, list):
         packs_doc, sup = doc, []
-    else:
-        assert isinstance(doc, dict)
+    elif isinstance(doc, dict):
         packs_doc, sup = doc.get("packs") or [], doc.get("supersedes") or []
+    else:
+        raise TypeError(f"a JSON {type(doc).__name__}, not an object")
+    if not isinstance(packs_doc, list) or not isinstance(sup, list):
+        raise TypeError("packs and supersedes must be lists")
     packs: dict[str, list[PackedBlob]] = {}
     for p in packs_doc:
-        packs[p["id"]] = [
-            PackedBlob(bytes.fromhex(b["id"]), BlobType(b["type"]), int(b["offset"]),
-                       int(b["length"]), int(b.get("uncompressed_length") or 0))
-            for b in p["blobs"]
+        pack_id = _hex_id(p["id"], "pack id")
+        blobs = p["blobs"]
+        if not isinstance(blobs, list):
+            raise TypeError(f"blobs of pack {pack_id[:16]} are not a list")
+        packs[pack_id] = [
+            PackedBlob(bytes.fromhex(_hex_id(b["id"], "blob id")), BlobType(b["type"]),
+                       _uint(b["offset"], "offset", 1 << 63), _uint(b["length"], "length"),
+                       _uint(b.get("uncompressed_length") or 0, "uncompressed_length"))
+            for b in blobs
         ]
-    return packs, list(sup)
+    return packs, [_hex_id(s, "superseded index") for s in sup]

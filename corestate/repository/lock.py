@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from corestate.errors import CoreStateError, NotFoundError, RepositoryLockedError
+from corestate.errors import CoreStateError, IntegrityError, NotFoundError, RepositoryLockedError
 from corestate.repository.timefmt import format_time, now_ns, parse_time
 
 STALE_AFTER_NS = 30 * 60 * 10**9
@@ -62,9 +62,16 @@ def lock_document(exclusive: bool) -> bytes:
 
 
 def parse_lock(lock_id: str, raw: bytes) -> LockInfo:
-    d = orjson.loads(raw)
-    return LockInfo(lock_id, parse_time(d["time"]), bool(d.get("exclusive")),
-                    str(d.get("hostname", "")), str(d.get("username", "")), int(d.get("pid", 0)))
+    """A lock from its JSON; IntegrityError if it is not a lock."""
+    try:
+        d = orjson.loads(raw)
+        pid = d.get("pid", 0)
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            raise TypeError("pid is not an integer")
+        return LockInfo(lock_id, parse_time(d["time"]), bool(d.get("exclusive")),
+                        str(d.get("hostname", "")), str(d.get("username", "")), pid)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise IntegrityError(f"lock {lock_id[:8]} is not a lock ({exc!r:.100})") from None
 
 
 def check_conflicts(existing: list[LockInfo], exclusive: bool, own_id: str) -> None:

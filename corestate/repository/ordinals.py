@@ -121,46 +121,79 @@ def load_table(repo: Repository) -> OrdinalTable:
                 continue
     for base, name in sorted(segments):
         try:
-            payload = repo.load_sidecar(name)
+            ids = parse_segment(repo.load_sidecar(name))
         except CoreStateError:
             continue
-        if payload[:4] != _SEGMENT:
-            continue
-        ids = [payload[i:i + 32] for i in range(4, len(payload), 32)]
-        table.extend_segment(base, ids)
+        if ids is not None:
+            table.extend_segment(base, ids)
     for blob_id in sorted(b for b in repo.index.blob_ids() if table.get(b) is None):
         table.assign(blob_id)
     return table
 
 
-def store_table(repo: Repository, table: OrdinalTable) -> None:
-    """Write a segment holding the ordinals assigned since the last stored one."""
+def parse_segment(payload: bytes) -> list[bytes] | None:
+    """The blob ids of a stored table segment; None if it is not one."""
+    if payload[:4] != _SEGMENT or (len(payload) - 4) % 32:
+        return None
+    return [payload[i:i + 32] for i in range(4, len(payload), 32)]
+
+
+def parse_bitmap(payload: bytes, table: OrdinalTable) -> BitMap | None:
+    """A stored blob bitmap if it is one and valid against ``table``; None otherwise
+    (the caller recomputes it from the trees)."""
+    if payload[:4] != _BITMAP or len(payload) < 44:
+        return None
+    length = int.from_bytes(payload[4:12], "little")
+    if table.boundaries.get(length) != payload[12:44]:
+        return None
+    try:
+        bitmap = BitMap.deserialize(payload[44:])
+    except (ValueError, IndexError, OverflowError, MemoryError):  # pyroaring's refusals
+        return None
+    return bitmap if not bitmap or bitmap.max() < length else None
+
+
+def store_table(repo: Repository, table: OrdinalTable) -> str | None:
+    """Write a segment holding the ordinals assigned since the last stored one.
+
+    Best effort, like every sidecar write: a segment that cannot be written (disk full)
+    is only a warning, returned (the table is rebuilt from the index when loaded)."""
     base, ids = table.unstored()
     if not ids:
-        return
+        return None
     payload = _SEGMENT + b"".join(ids)
-    repo.save_sidecar(f"ord-{base:012d}-{hashlib.sha256(payload).hexdigest()[:16]}", payload)
+    try:
+        repo.save_sidecar(f"ord-{base:012d}-{hashlib.sha256(payload).hexdigest()[:16]}", payload)
+    except CoreStateError as exc:
+        return f"the blob ordinal table was not saved ({exc}); it is rebuilt when needed"
     table.mark_stored(base, ids)
+    return None
 
 
-def save_bitmap(repo: Repository, snap_id: str, bitmap: BitMap, table: OrdinalTable) -> None:
-    """Store a snapshot's blob bitmap; call after :func:`store_table`."""
+def save_bitmap(repo: Repository, snap_id: str, bitmap: BitMap, table: OrdinalTable) -> str | None:
+    """Store a snapshot's blob bitmap; call after :func:`store_table`. Best effort: a
+    warning is returned if it cannot be stored (prune recomputes it from the trees)."""
     length = table.stored_len
-    payload = (_BITMAP + length.to_bytes(8, "little") + table.boundaries[length]
-               + bitmap.serialize())
-    repo.save_sidecar(f"bitmap-{snap_id}", payload)
+    why = None
+    if len(bitmap) and bitmap.max() >= length:
+        why = "its ordinals were not saved"  # a bitmap against an unsaved table would lie
+    else:
+        payload = (_BITMAP + length.to_bytes(8, "little") + table.boundaries[length]
+                   + bitmap.serialize())
+        try:
+            repo.save_sidecar(f"bitmap-{snap_id}", payload)
+        except CoreStateError as exc:
+            why = str(exc)
+    if why is None:
+        return None
+    return (f"snapshot {snap_id[:8]} was saved, but not its blob bitmap ({why}); it is "
+            "recomputed from the trees when needed")
 
 
 def load_bitmap(repo: Repository, snap_id: str, table: OrdinalTable) -> BitMap | None:
     """A snapshot's stored bitmap if it is valid against ``table``; None otherwise."""
     try:
-        payload = repo.load_sidecar(f"bitmap-{snap_id}")
+        return parse_bitmap(repo.load_sidecar(f"bitmap-{snap_id}"), table)
     except CoreStateError:
         return None
-    if payload[:4] != _BITMAP:
-        return None
-    length = int.from_bytes(payload[4:12], "little")
-    if table.boundaries.get(length) != payload[12:44]:
-        return None
-    return BitMap.deserialize(payload[44:])
 

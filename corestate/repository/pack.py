@@ -93,7 +93,13 @@ def open_blob(key: Key, entry: PackedBlob, stored: bytes | memoryview, verify: b
     what = f"{entry.type.value} blob {entry.id.hex()[:16]}"
     plain = key.decrypt(stored, what)
     if entry.compressed:
+        # A frame that declares its size is decompressed into a buffer of that size:
+        # a damaged or hostile header must not make us allocate gigabytes.
         try:
+            declared = zstandard.frame_content_size(plain)
+            if declared not in (-1, entry.uncompressed_length):
+                raise IntegrityError(f"{what}: its zstd frame declares {declared} bytes, "
+                                     f"the index {entry.uncompressed_length}")
             plain = zstandard.ZstdDecompressor().decompress(
                 plain, max_output_size=entry.uncompressed_length)
         except zstandard.ZstdError as exc:
@@ -159,6 +165,8 @@ def parse_header(key: Key, pack_id: str, tail: bytes, pack_size: int) -> list[Pa
         if kind not in _FROM_BYTE:
             raise IntegrityError(f"pack {pack_id[:16]}: unknown blob type {kind}")
         btype, compressed = _FROM_BYTE[kind]
+        if pos + (ZSTD_ENTRY if compressed else PLAIN_ENTRY) > len(header):
+            raise IntegrityError(f"pack {pack_id[:16]}: header entry cut short")
         if compressed:
             _, length, ulen = struct.unpack_from("<BII", header, pos)
             pos += 9
@@ -168,8 +176,6 @@ def parse_header(key: Key, pack_id: str, tail: bytes, pack_size: int) -> list[Pa
             pos += 5
         blob_id = bytes(header[pos:pos + 32])
         pos += 32
-        if len(blob_id) != 32:
-            raise IntegrityError(f"pack {pack_id[:16]}: header entry cut short")
         entries.append(PackedBlob(blob_id, btype, offset, length, ulen))
         offset += length
     if offset + hlen + 4 != pack_size:

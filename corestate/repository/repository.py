@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 import zstandard
 
-from corestate.errors import (IntegrityError, NotFoundError, PermanentError,
+from corestate.errors import (CoreStateError, IntegrityError, NotFoundError, PermanentError,
                               RepositoryLockedError)
 from corestate.repository import keys as keyfiles
 from corestate.repository import lock as locks
@@ -34,7 +34,23 @@ from corestate.repository.snapshot import Snapshot
 from corestate.repository.tree import Node, decode_tree
 
 _COMPRESSED_JSON = 0x02
+OnDamaged = Callable[[str, CoreStateError], None]
+"""``on_damaged(file id, error)``: told of a snapshot file that cannot be loaded."""
 INDEX_PACKS_PER_FILE = 50
+
+
+def decode_unpacked(plain: bytes, what: str) -> object:
+    """The JSON of a decrypted unpacked file: raw JSON, or 0x02 then zstd-compressed
+    JSON. IntegrityError naming ``what`` if it is neither."""
+    if plain[:1] == bytes([_COMPRESSED_JSON]):
+        try:
+            plain = zstandard.ZstdDecompressor().decompressobj().decompress(plain[1:])
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
+    try:
+        return orjson.loads(plain)
+    except orjson.JSONDecodeError:
+        raise IntegrityError(f"{what}: not valid JSON") from None
 
 
 class Repository:
@@ -56,13 +72,15 @@ class Repository:
 
     # -- opening ------------------------------------------------------------------------
     @classmethod
-    def init(cls, backend: Backend, password: str) -> Repository:
+    def init(cls, backend: Backend, password: keyfiles.Password) -> Repository:
         if backend.exists():
             try:
                 backend.stat(Kind.CONFIG, "")
                 raise PermanentError(f"{backend.location()}: a repository already exists here")
             except NotFoundError:
                 pass
+        if not password:  # before anything is created
+            raise PermanentError("an empty password is not a password")
         backend.create()
         key = Key.random()
         config = Config.new()
@@ -71,7 +89,7 @@ class Repository:
         return cls(backend, key, config, key_id)
 
     @classmethod
-    def open(cls, backend: Backend, password: str) -> Repository:
+    def open(cls, backend: Backend, password: keyfiles.Password) -> Repository:
         if not backend.exists():
             raise PermanentError(f"{backend.location()}: repository does not exist")
         try:
@@ -98,16 +116,7 @@ class Repository:
         what = f"{kind.value}/{file_id[:16]}"
         if hashlib.sha256(data).hexdigest() != file_id:
             raise IntegrityError(f"{what}: content does not match its name")
-        plain = self.key.decrypt(data, what)
-        if plain[:1] == bytes([_COMPRESSED_JSON]):
-            try:
-                plain = zstandard.ZstdDecompressor().decompressobj().decompress(plain[1:])
-            except zstandard.ZstdError as exc:
-                raise IntegrityError(f"{what}: cannot decompress ({exc})") from None
-        try:
-            return orjson.loads(plain)
-        except orjson.JSONDecodeError:
-            raise IntegrityError(f"{what}: not valid JSON") from None
+        return decode_unpacked(self.key.decrypt(data, what), what)
 
     def resolve(self, kind: Kind, prefix: str) -> str:
         """The full name of the file of ``kind`` whose name starts with ``prefix``."""
@@ -146,6 +155,14 @@ class Repository:
             self.index.files.add(info.name)
         self._index_loaded = True
         return self.index
+
+    def reload_index(self) -> MasterIndex:
+        """Forget the loaded index and read every index file again."""
+        with self._lock:
+            self.index = MasterIndex()
+            self._index_loaded = False
+            self._pending.clear()
+        return self.load_index()
 
     def refresh_index(self) -> bool:
         """Catch up with index files written since the last load (by other backups).
@@ -245,11 +262,16 @@ class Repository:
         assert error is not None
         raise error
 
-    def load_tree(self, tree_id: bytes) -> list[Node]:
+    def load_tree(self, tree_id: bytes, damaged: bool = False) -> list[Node]:
+        """The nodes of a tree. Nodes whose stored JSON is damaged (see
+        :attr:`~.tree.Node.damage`) are left out unless ``damaged``: a reader that
+        does not report them must not use them (a backup re-reads such a file)."""
+        blob = self.load_blob(tree_id)
         try:
-            return decode_tree(self.load_blob(tree_id))
-        except orjson.JSONDecodeError:
-            raise IntegrityError(f"tree {tree_id.hex()[:16]} is not valid JSON") from None
+            nodes = decode_tree(blob)
+        except IntegrityError as exc:
+            raise IntegrityError(f"tree {tree_id.hex()[:16]}: {exc}") from None
+        return nodes if damaged else [n for n in nodes if not n.damage]
 
     # -- snapshots ----------------------------------------------------------------------------
     def save_snapshot(self, snap: Snapshot) -> str:
@@ -258,20 +280,30 @@ class Repository:
 
     def load_snapshot(self, snap_id: str) -> Snapshot:
         doc = self.load_json(Kind.SNAPSHOTS, snap_id)
-        assert isinstance(doc, dict)
         return Snapshot.from_json(doc, snap_id)
 
-    def list_snapshots(self) -> list[Snapshot]:
-        """Every snapshot, oldest first."""
-        snaps = [self.load_snapshot(f.name) for f in self.backend.list(Kind.SNAPSHOTS)]
+    def list_snapshots(self, on_damaged: OnDamaged | None = None) -> list[Snapshot]:
+        """Every snapshot, oldest first. A snapshot file that cannot be loaded raises,
+        unless ``on_damaged`` is given: then it is told the file's id and the error, and
+        the file is left out (restic lists the intact ones and warns)."""
+        snaps = []
+        for info in self.backend.list(Kind.SNAPSHOTS):
+            try:
+                snaps.append(self.load_snapshot(info.name))
+            except (IntegrityError, NotFoundError) as exc:
+                if on_damaged is None:
+                    raise
+                on_damaged(info.name, exc)
         snaps.sort(key=lambda s: (s.time, s.id))
         return snaps
 
     def find_snapshot(self, ref: str, host: str | None = None,
-                      paths: list[str] | None = None) -> Snapshot:
-        """``latest`` (optionally for a host/paths) or an id prefix."""
+                      paths: list[str] | None = None,
+                      on_damaged: OnDamaged | None = None) -> Snapshot:
+        """``latest`` (optionally for a host/paths) or an id prefix; ``on_damaged``
+        as for :meth:`list_snapshots`."""
         if ref == "latest":
-            snaps = [s for s in self.list_snapshots()
+            snaps = [s for s in self.list_snapshots(on_damaged)
                      if (host is None or s.hostname == host)
                      and (paths is None or sorted(s.paths) == sorted(paths))]
             if not snaps:
@@ -280,10 +312,10 @@ class Repository:
         return self.load_snapshot(self.resolve(Kind.SNAPSHOTS, ref))
 
     def snapshot_at(self, at_ns: int, host: str | None = None,
-                    path: str | None = None) -> Snapshot:
+                    path: str | None = None, on_damaged: OnDamaged | None = None) -> Snapshot:
         """The newest snapshot taken at or before ``at_ns`` (of a host, or containing
         a path): the state of the protected tree at that moment."""
-        snaps = [s for s in self.list_snapshots()
+        snaps = [s for s in self.list_snapshots(on_damaged)
                  if s.time <= at_ns and (host is None or s.hostname == host)
                  and (path is None or any(path == p or path.startswith(p.rstrip("/") + "/")
                                           for p in s.paths))]
@@ -295,17 +327,29 @@ class Repository:
     def list_locks(self) -> list[locks.LockInfo]:
         out = []
         for info in self.backend.list(Kind.LOCKS):
-            try:
+            try:  # a lock that cannot be read holds nothing (restic ignores it too)
                 doc = self.load_json(Kind.LOCKS, info.name)
+                out.append(locks.parse_lock(info.name, orjson.dumps(doc)))
             except (IntegrityError, NotFoundError):
                 continue
-            out.append(locks.parse_lock(info.name, orjson.dumps(doc)))
         return out
 
     @contextlib.contextmanager
-    def locked(self, exclusive: bool = False) -> Iterator[None]:
-        """Hold a restic-compatible lock for the duration of the block."""
-        lock_id = self.save_json(Kind.LOCKS, orjson.loads(locks.lock_document(exclusive)))
+    def locked(self, exclusive: bool = False,
+               unlockable: Callable[[CoreStateError], None] | None = None) -> Iterator[None]:
+        """Hold a restic-compatible lock for the duration of the block.
+
+        A lock that cannot be written at all (a read-only repository) raises, unless
+        ``unlockable`` is given: then it is called with the error and the block runs
+        without a lock (fine for readers: nobody can prune what they cannot write)."""
+        try:
+            lock_id = self.save_json(Kind.LOCKS, orjson.loads(locks.lock_document(exclusive)))
+        except PermanentError as exc:
+            if unlockable is None:
+                raise
+            unlockable(exc)
+            yield
+            return
         existing = self.list_locks()
         for lock in existing:
             if lock.id != lock_id and lock.held_by_dead_local_process():

@@ -13,7 +13,14 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from corestate.errors import IntegrityError
 from corestate.repository.timefmt import format_time, parse_time
+
+
+def _text(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{key} is not a string")
+    return value
 
 
 @dataclass
@@ -52,15 +59,37 @@ class Snapshot:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, object], snap_id: str) -> Snapshot:
+    def from_json(cls, d: object, snap_id: str) -> Snapshot:
+        """A snapshot from its stored JSON; IntegrityError naming the file and the
+        field if it is not one."""
+        try:
+            return cls._from_json(d, snap_id)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            why = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise IntegrityError(f"snapshots/{snap_id[:16]}: not a snapshot ({why})") from None
+
+    @classmethod
+    def _from_json(cls, d: object, snap_id: str) -> Snapshot:
+        if not isinstance(d, dict):
+            raise TypeError(f"a {type(d).__name__}, not an object")
+        for key in ("paths", "tags", "excludes"):
+            value = d.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TypeError(f"{key} is not a list of strings")
+        for key in ("uid", "gid"):
+            if not isinstance(d.get(key) or 0, int):
+                raise TypeError(f"{key} is not an integer")
+        tree = bytes.fromhex(_text(d["tree"], "tree"))
+        if len(tree) != 32:
+            raise ValueError("tree is not a 32-byte id")
         known = {"time", "tree", "paths", "hostname", "username", "uid", "gid", "tags",
                  "excludes", "parent", "original"}
         return cls(
-            time=parse_time(str(d["time"])), tree=bytes.fromhex(str(d["tree"])),
-            paths=list(d.get("paths") or []),  # type: ignore[call-overload]
+            time=parse_time(_text(d["time"], "time")), tree=tree,
+            paths=list(d.get("paths") or []),
             hostname=str(d.get("hostname") or ""), username=str(d.get("username") or ""),
-            uid=int(d.get("uid") or 0), gid=int(d.get("gid") or 0),  # type: ignore[call-overload]
-            tags=list(d.get("tags") or []), excludes=list(d.get("excludes") or []),  # type: ignore[call-overload]
+            uid=int(d.get("uid") or 0), gid=int(d.get("gid") or 0),
+            tags=list(d.get("tags") or []), excludes=list(d.get("excludes") or []),
             parent=str(d["parent"]) if d.get("parent") else None,
             original=str(d["original"]) if d.get("original") else None,
             extra={k: v for k, v in d.items() if k not in known}, id=snap_id,

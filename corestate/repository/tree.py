@@ -26,12 +26,18 @@ True
 from __future__ import annotations
 
 import base64
+import binascii
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import orjson
 
+from corestate.errors import IntegrityError
 from corestate.repository.timefmt import format_time, parse_time
+
+_T = TypeVar("_T")
 
 # Go os.FileMode bits.
 MODE_DIR = 1 << 31
@@ -49,6 +55,7 @@ _TYPE_BITS = {
     "chardev": MODE_DEVICE | MODE_CHAR_DEVICE, "fifo": MODE_NAMED_PIPE, "socket": MODE_SOCKET,
     "file": 0,
 }
+NODE_TYPES = frozenset(("file", "dir", "symlink", "dev", "chardev", "fifo", "socket"))
 _POSIX_TYPE = {
     "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "dev": stat.S_IFBLK, "chardev": stat.S_IFCHR,
     "fifo": stat.S_IFIFO, "socket": stat.S_IFSOCK, "file": stat.S_IFREG,
@@ -89,8 +96,8 @@ def posix_mode(mode: int, ntype: str) -> int:
 
 _SIMPLE_ESCAPES = {0x07: "\\a", 0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r",
                    0x09: "\\t", 0x0B: "\\v", 0x5C: "\\\\", 0x22: '\\"'}
-_UNESCAPE = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11,
-             "\\": 0x5C, '"': 0x22, "'": 0x27}
+_UNESCAPE = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 0x5C, '"': 0x22}
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def quote_name(raw: bytes) -> str:
@@ -114,38 +121,88 @@ def quote_name(raw: bytes) -> str:
     return "".join(out)
 
 
+class BadName(IntegrityError):
+    """A stored name that is not the body of a Go-quoted string."""
+
+    def __init__(self, quoted: str, why: str) -> None:
+        super().__init__(f"name {quoted!r} is not validly quoted: {why}")
+
+
+def _digits(quoted: str, at: int, start: int, count: int, allowed: str | frozenset[str],
+            base: int) -> int:
+    digits = quoted[start:start + count]
+    if len(digits) != count or any(c not in allowed for c in digits):
+        raise BadName(quoted, f"escape at offset {at} needs {count} "
+                      f"{'hex' if base == 16 else 'octal'} digits")
+    return int(digits, base)
+
+
 def unquote_name(quoted: str) -> bytes:
-    """Inverse of :func:`quote_name` (accepts every escape Go's ``Unquote`` does)."""
-    if "\\" not in quoted:
-        return quoted.encode("utf-8")
+    """Inverse of :func:`quote_name`: exactly what Go's ``strconv.Unquote`` accepts
+    inside double quotes, else :class:`BadName` (an IntegrityError) saying why.
+
+    >>> unquote_name('a\\\\x4')  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    corestate.repository.tree.BadName: name 'a\\\\x4' is not validly quoted: escape at ... digits
+    """
+    if "\\" not in quoted and '"' not in quoted and "\n" not in quoted:
+        return quoted.encode("utf-8", "surrogatepass")
     out = bytearray()
     i = 0
     n = len(quoted)
     while i < n:
         ch = quoted[i]
+        if ch in '"\n':
+            raise BadName(quoted, f"unescaped {ch!r} at offset {i}")
         if ch != "\\":
-            out += ch.encode("utf-8")
+            out += ch.encode("utf-8", "surrogatepass")
             i += 1
             continue
+        if i + 1 >= n:
+            raise BadName(quoted, "ends in a lone backslash")
         esc = quoted[i + 1]
         if esc in _UNESCAPE:
             out.append(_UNESCAPE[esc])
             i += 2
         elif esc == "x":
-            out.append(int(quoted[i + 2:i + 4], 16))
+            out.append(_digits(quoted, i, i + 2, 2, _HEX, 16))
             i += 4
-        elif esc == "u":
-            out += chr(int(quoted[i + 2:i + 6], 16)).encode("utf-8")
-            i += 6
-        elif esc == "U":
-            out += chr(int(quoted[i + 2:i + 10], 16)).encode("utf-8")
-            i += 10
+        elif esc in "uU":
+            width = 4 if esc == "u" else 8
+            cp = _digits(quoted, i, i + 2, width, _HEX, 16)
+            if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF:
+                raise BadName(quoted, f"\\{esc} escape at offset {i} is not a code point")
+            out += chr(cp).encode("utf-8")
+            i += 2 + width
         elif esc in "01234567":
-            out.append(int(quoted[i + 1:i + 4], 8))
+            value = _digits(quoted, i, i + 1, 3, "01234567", 8)
+            if value > 255:
+                raise BadName(quoted, f"octal escape at offset {i} is over 255")
+            out.append(value)
             i += 4
         else:
-            raise ValueError(f"bad escape in stored name {quoted!r}")
+            raise BadName(quoted, f"unknown escape \\{esc} at offset {i}")
     return bytes(out)
+
+
+def name_problem(name: bytes) -> str | None:
+    """Why a (decoded) node name is unsafe in a directory, or None if it is fine: an
+    empty name, ``.`` and ``..``, and names holding ``/`` or NUL cannot be directory
+    entries, and restoring them could write outside the target.
+
+    >>> [name_problem(n) for n in (b"ok", b"..", b"x/y", b"")]
+    [None, "name '..' is not a file name", "name 'x/y' contains '/'", 'empty name']
+    """
+    shown = name.decode("utf-8", "backslashreplace")
+    if not name:
+        return "empty name"
+    if name in (b".", b".."):
+        return f"name {shown!r} is not a file name"
+    if b"/" in name:
+        return f"name {shown!r} contains '/'"
+    if b"\0" in name:
+        return f"name {shown!r} contains a NUL byte"
+    return None
 
 
 @dataclass
@@ -172,6 +229,9 @@ class Node:
     subtree: bytes | None = None
     xattrs: list[tuple[str, bytes]] = field(default_factory=list)
     error: str = ""
+    # Why the stored JSON of this node could not be read in full ("" when it could):
+    # such a node keeps what could be read, and readers report it instead of using it.
+    damage: str = field(default="", compare=False)
     # A node loaded from a tree keeps the JSON it was stored with and serialises back to
     # exactly it (an unchanged file costs no re-encoding and yields an identical tree).
     # Code that modifies a loaded node must set this to None.
@@ -215,30 +275,93 @@ class Node:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, object]) -> Node:
-        def ns(key: str) -> int:
-            v = d.get(key)
-            return parse_time(v) if isinstance(v, str) and v else 0
+    def from_json(cls, d: object) -> Node:
+        """A node from its stored JSON. Never raises: a field that cannot be read is
+        left at its default and named in :attr:`damage` (a name that is not validly
+        quoted is kept as its stored text)."""
+        if not isinstance(d, dict):
+            return cls(name=b"", type="", damage=f"entry is {type(d).__name__}, not an object")
+        problems: list[str] = []
 
-        raw_link = d.get("linktarget_raw")
-        link = base64.standard_b64decode(str(raw_link)) if raw_link else str(
-            d.get("linktarget") or "").encode("utf-8")
-        content = d.get("content")
-        subtree = d.get("subtree")
-        xattrs = [(str(x["name"]), base64.standard_b64decode(str(x["value"] or "")))
-                  for x in (d.get("extended_attributes") or [])]  # type: ignore[attr-defined]
-        return cls(
-            name=unquote_name(str(d["name"])), type=str(d["type"]), mode=int(d.get("mode") or 0),  # type: ignore[call-overload]
-            mtime=ns("mtime"), atime=ns("atime"), ctime=ns("ctime"),
-            uid=int(d.get("uid") or 0), gid=int(d.get("gid") or 0),  # type: ignore[call-overload]
-            user=str(d.get("user") or ""), group=str(d.get("group") or ""),
-            inode=int(d.get("inode") or 0), device_id=int(d.get("device_id") or 0),  # type: ignore[call-overload]
-            size=int(d.get("size") or 0), links=int(d.get("links") or 0),  # type: ignore[call-overload]
-            linktarget=link, device=int(d.get("device") or 0),  # type: ignore[call-overload]
-            content=[bytes.fromhex(c) for c in content] if isinstance(content, list) else None,
-            subtree=bytes.fromhex(subtree) if isinstance(subtree, str) else None,
-            xattrs=xattrs, error=str(d.get("error") or ""), stored_json=d,
-        )
+        def get(key: str, parse: Callable[[object], _T], default: _T) -> _T:
+            value = d.get(key)
+            if value is None:
+                return default
+            try:
+                return parse(value)
+            except (IntegrityError, ValueError, TypeError, KeyError, binascii.Error) as exc:
+                problems.append(f"{key}: {exc}")
+                return default
+
+        raw_name = d.get("name")
+        try:
+            name = unquote_name(_text(raw_name))
+        except BadName as exc:
+            problems.append(str(exc))
+            name = str(raw_name).encode("utf-8", "backslashreplace")
+        except TypeError as exc:
+            problems.append(f"name: {exc}")
+            name = str(raw_name).encode("utf-8", "backslashreplace")
+        link = get("linktarget_raw", _b64, b"") or get("linktarget", _text, "").encode(
+            "utf-8", "surrogatepass")
+        node = cls(
+            name=name, type=get("type", _text, ""), mode=get("mode", _int, 0),
+            mtime=get("mtime", _time, 0), atime=get("atime", _time, 0),
+            ctime=get("ctime", _time, 0), uid=get("uid", _int, 0), gid=get("gid", _int, 0),
+            user=get("user", _text, ""), group=get("group", _text, ""),
+            inode=get("inode", _int, 0), device_id=get("device_id", _int, 0),
+            size=get("size", _int, 0), links=get("links", _int, 0), linktarget=link,
+            device=get("device", _int, 0), content=get("content", _ids, None),
+            subtree=get("subtree", _id, None), xattrs=get("extended_attributes", _xattrs, []),
+            error=get("error", _text, ""), stored_json=d)
+        if not node.type:
+            problems.append("type: missing")
+        node.damage = "; ".join(problems)
+        return node
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{type(value).__name__}, not a string")
+    return value
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{type(value).__name__}, not an integer")
+    return value
+
+
+def _time(value: object) -> int:
+    return parse_time(_text(value)) if value != "" else 0
+
+
+def _b64(value: object) -> bytes:
+    return base64.b64decode(_text(value), validate=True)
+
+
+def _id(value: object) -> bytes:
+    raw = bytes.fromhex(_text(value))
+    if len(raw) != 32:
+        raise ValueError(f"id of {len(raw)} bytes, not 32")
+    return raw
+
+
+def _ids(value: object) -> list[bytes]:
+    if not isinstance(value, list):
+        raise TypeError(f"{type(value).__name__}, not a list")
+    return [_id(v) for v in value]
+
+
+def _xattrs(value: object) -> list[tuple[str, bytes]]:
+    if not isinstance(value, list):
+        raise TypeError(f"{type(value).__name__}, not a list")
+    out = []
+    for x in value:
+        if not isinstance(x, dict):
+            raise TypeError(f"{type(x).__name__}, not an object")
+        out.append((_text(x["name"]), _b64(x["value"]) if x.get("value") is not None else b""))
+    return out
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
@@ -251,5 +374,18 @@ def encode_tree(nodes: list[Node]) -> bytes:
 
 
 def decode_tree(blob: bytes) -> list[Node]:
-    doc = orjson.loads(blob)
-    return [Node.from_json(n) for n in (doc.get("nodes") or [])]
+    """The nodes of a tree blob, damaged ones included (see :attr:`Node.damage`).
+
+    Raises :class:`IntegrityError` only when the blob as a whole is not a tree."""
+    try:
+        doc = orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        raise IntegrityError("not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise IntegrityError(f"a tree is a JSON object, not {type(doc).__name__}")
+    nodes = doc.get("nodes")
+    if nodes is None:
+        return []
+    if not isinstance(nodes, list):
+        raise IntegrityError(f"the nodes of a tree are a list, not {type(nodes).__name__}")
+    return [Node.from_json(n) for n in nodes]

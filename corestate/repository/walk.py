@@ -20,25 +20,32 @@ from corestate.repository.repository import Repository
 from corestate.repository.tree import Node
 
 
+OnError = Callable[[bytes, IntegrityError | NotFoundError], None]
+"""``on_error(path, error)``: told of what a walk had to skip (see :func:`walk`)."""
+
+
 def _join(parent: bytes, name: bytes) -> bytes:
     return parent + name if parent.endswith(b"/") else parent + b"/" + name
 
 
 def walk(repo: Repository, tree_id: bytes, prefix: bytes = b"/",
          descend: Callable[[bytes, Node], bool] | None = None,
-         on_error: Callable[[bytes, IntegrityError | NotFoundError], None] | None = None,
+         on_error: OnError | None = None,
          ) -> Iterator[tuple[bytes, Node]]:
     """Yield ``(snapshot path, node)`` for every node below ``tree_id``, depth first.
 
     ``prefix`` is the snapshot path of the tree itself. ``descend(path, node)``, when
     given, decides whether a directory's children are walked (the directory itself is
-    always yielded). A subtree that cannot be loaded raises, unless ``on_error`` is
-    given: then it is called with the directory's path and the error, and the walk goes
-    on with the next sibling.
+    always yielded). A subtree that cannot be loaded, and a *damaged* node (one whose
+    stored JSON cannot be read in full, see :attr:`~.tree.Node.damage`), raise
+    IntegrityError, unless ``on_error`` is given: then it is called with the path and
+    an error whose message says what was lost, and the walk goes on with the next
+    sibling (a damaged node is neither yielded nor descended into).
     """
     # An explicit stack of iterators: snapshots can nest deeper than Python's recursion
     # limit, and a generator per level would cost a frame per level on every yield.
-    stack: list[tuple[bytes, Iterator[Node]]] = [(prefix, iter(repo.load_tree(tree_id)))]
+    stack: list[tuple[bytes, Iterator[Node]]] = [
+        (prefix, iter(repo.load_tree(tree_id, damaged=True)))]
     while stack:
         parent, nodes = stack[-1]
         node = next(nodes, None)
@@ -46,17 +53,24 @@ def walk(repo: Repository, tree_id: bytes, prefix: bytes = b"/",
             stack.pop()
             continue
         path = _join(parent, node.name)
+        if node.damage:
+            error = IntegrityError(f"damaged entry skipped: {node.damage}")
+            if on_error is None:
+                raise IntegrityError(f"{path.decode('utf-8', 'backslashreplace')}: "
+                                     f"{error.message}")
+            on_error(path, error)
+            continue
         yield path, node
         if node.type != "dir" or node.subtree is None:
             continue
         if descend is not None and not descend(path, node):
             continue
         try:
-            children = repo.load_tree(node.subtree)
+            children = repo.load_tree(node.subtree, damaged=True)
         except (IntegrityError, NotFoundError) as exc:
             if on_error is None:
                 raise
-            on_error(path, exc)
+            on_error(path, IntegrityError(f"directory contents lost: {exc.message}"))
             continue
         stack.append((path, iter(children)))
 
