@@ -11,6 +11,9 @@ Terms:
 - *zero blob*: a data blob whose plaintext is all zero bytes. It is not written: the
   writer skips over it (``pwrite`` past the end leaves a hole) and the file is
   truncated to its final size at the end, so sparse files stay sparse.
+- *zero block*: a file-aligned :data:`HOLE_BLOCK` of zero bytes inside a blob that
+  also holds data (a chunk that spans the edge of a hole). It is skipped like a zero
+  blob, so holes come back as holes wherever they start and end.
 - *include pattern*: a restic filter pattern. It is split at ``/`` and its components
   are matched (``fnmatch``) against consecutive components of a snapshot path: an
   absolute pattern from the root, a relative one anywhere (``*.txt`` matches base
@@ -42,7 +45,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -57,6 +60,8 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress calls
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _NO_XATTR_SUPPORT = {errno.ENOTSUP, errno.EOPNOTSUPP}
+HOLE_BLOCK = 4096  # the unit of holes: zero blocks this size (file-aligned) are not written
+_ZERO_BLOCK = bytes(HOLE_BLOCK)
 
 
 @dataclass
@@ -127,6 +132,38 @@ def _may_lead(pat: list[bytes], parts: list[bytes]) -> bool:
         if not fnmatch.fnmatchcase(parts[i], comp):
             return False
     return True
+
+
+def data_runs(data: bytes, offset: int) -> Iterator[tuple[int, int]]:
+    """The ``(start, end)`` ranges of ``data`` (a blob that starts at file ``offset``)
+    that must be written: all of it but its zero blocks, so a hole that shares a blob
+    with data comes back as a hole. Blocks are :data:`HOLE_BLOCK` bytes at multiples of
+    it in the file, so what is skipped is whole file system blocks.
+
+    >>> block = bytes(HOLE_BLOCK)
+    >>> list(data_runs(b"ab" + block + block + b"cd", HOLE_BLOCK - 2))
+    [(0, 2), (8194, 8196)]
+    >>> list(data_runs(b"x" * 10, 0))
+    [(0, 10)]
+    """
+    length = len(data)
+    if data.find(_ZERO_BLOCK) < 0:
+        yield 0, length  # no zero block anywhere: the common case, found in C
+        return
+    view = memoryview(data)
+    run_start = -1
+    start = 0
+    while start < length:
+        end = min(length, start + HOLE_BLOCK - (offset + start) % HOLE_BLOCK)
+        if view[start:end] == _ZERO_BLOCK[:end - start]:
+            if run_start >= 0:
+                yield run_start, start
+                run_start = -1
+        elif run_start < 0:
+            run_start = start
+        start = end
+    if run_start >= 0:
+        yield run_start, length
 
 
 def _safe_name(name: bytes) -> bool:
@@ -386,11 +423,12 @@ class _Restorer:
                     self._zero_blobs[blob_id] = length
                 else:
                     view = memoryview(data)
-                    done = 0
-                    while done < length:
-                        done += os.pwrite(fd, view[done:], pos + done)
+                    for start, end in data_runs(data, pos):
+                        done = start
+                        while done < end:
+                            done += os.pwrite(fd, view[done:end], pos + done)
+                        written = pos + end
                     del view
-                    written = pos + length
                 del data  # one blob per worker in memory
             pos += length
             self.advance(nbytes=length)
