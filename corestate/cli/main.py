@@ -17,7 +17,7 @@ from corestate import __version__
 from corestate.cli.context import Context
 from corestate.errors import CoreStateError
 
-COMMANDS = ("repo", "backup", "protect", "snapshots", "restore", "ls", "find", "check", "forget",
+COMMANDS = ("repo", "config", "backup", "protect", "snapshots", "restore", "ls", "find", "check", "forget",
             "prune", "stats", "diff", "tiering", "alerts", "topics", "agent", "worker")
 
 

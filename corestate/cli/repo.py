@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 from rich.table import Table
 
@@ -22,6 +24,10 @@ def init(ctx: Context) -> None:
     ctx.result({"message_type": "initialized", "id": repo.config.id,
                 "repository": repo.backend.location()},
                f"created repository {repo.config.id[:10]} at {repo.backend.location()}")
+    if not ctx.defaults().repository:  # offer to make it the default
+        pwfile = f" --password-file {shlex.quote(ctx.password_file)}" if ctx.password_file else ""
+        ctx.info("to use it without --repo from now on: corestate config --save --repo "
+                 f"{shlex.quote(ctx.url())}{pwfile}")
 
 
 def _new_password(new_password_file: str | None) -> str:
