@@ -24,7 +24,11 @@ def init(ctx: Context) -> None:
     ctx.result({"message_type": "initialized", "id": repo.config.id,
                 "repository": repo.backend.location()},
                f"created repository {repo.config.id[:10]} at {repo.backend.location()}")
-    if not ctx.defaults().repository:  # offer to make it the default
+    try:
+        has_default = bool(ctx.defaults().repository)
+    except PermanentError:  # a broken config file is reported when it is needed
+        has_default = True
+    if not has_default:  # offer to make it the default
         pwfile = f" --password-file {shlex.quote(ctx.password_file)}" if ctx.password_file else ""
         ctx.info("to use it without --repo from now on: corestate config --save --repo "
                  f"{shlex.quote(ctx.url())}{pwfile}")
