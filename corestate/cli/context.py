@@ -253,9 +253,12 @@ class ProgressHandle:
 
 
 def ask_password(prompt: str, confirm: bool) -> str:
-    pw = getpass.getpass(prompt)
-    if confirm and getpass.getpass("enter password again: ") != pw:
-        raise PermanentError("passwords do not match")
+    try:
+        pw = getpass.getpass(prompt)
+        if confirm and getpass.getpass("enter password again: ") != pw:
+            raise PermanentError("passwords do not match")
+    except EOFError:  # Ctrl-D at the prompt
+        raise PermanentError("no password given (end of input at the prompt)") from None
     if not pw:
         raise PermanentError("an empty password is not allowed")
     return pw

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import sys
 
 import click
 from rich.table import Table
@@ -41,6 +42,9 @@ def _new_password(new_password_file: str | None) -> str:
         if not pw:
             raise PermanentError(f"{new_password_file}: empty password")
         return pw
+    if not sys.stdin.isatty():
+        raise PermanentError("no new password given: use --new-password-file FILE (or "
+                             "CORESTATE_NEW_PASSWORD_FILE), or run on a terminal to be asked")
     return ask_password("enter new password: ", confirm=True)
 
 
@@ -69,7 +73,9 @@ def key_list(ctx: Context) -> None:
 
 
 @key.command("add")
-@click.option("--new-password-file", metavar="FILE", help="Read the new password from FILE.")
+@click.option("--new-password-file", metavar="FILE", envvar="CORESTATE_NEW_PASSWORD_FILE",
+              help="Read the new password from FILE (env CORESTATE_NEW_PASSWORD_FILE); "
+                   "without it the new password is asked for on the terminal.")
 @pass_ctx
 def key_add(ctx: Context, new_password_file: str | None) -> None:
     """Add a password that opens the repository."""
@@ -89,7 +95,9 @@ def key_remove(ctx: Context, key_id: str) -> None:
 
 
 @key.command("passwd")
-@click.option("--new-password-file", metavar="FILE", help="Read the new password from FILE.")
+@click.option("--new-password-file", metavar="FILE", envvar="CORESTATE_NEW_PASSWORD_FILE",
+              help="Read the new password from FILE (env CORESTATE_NEW_PASSWORD_FILE); "
+                   "without it the new password is asked for on the terminal.")
 @pass_ctx
 def key_passwd(ctx: Context, new_password_file: str | None) -> None:
     """Change the password of the key in use (adds a new key, removes the old one)."""
