@@ -39,6 +39,9 @@ from corestate.kernel.blockmap import BlockMapStore
 from corestate.repository.repository import Repository
 
 
+PIPE_WIDTH = 4096  # the line width tables may take when stdout is not a terminal
+
+
 @dataclass
 class Context:
     repo_url: str | None
@@ -49,6 +52,9 @@ class Context:
 
     def __post_init__(self) -> None:
         self.out = Console(highlight=False, soft_wrap=True)
+        if not self.out.is_terminal and not os.environ.get("COLUMNS"):
+            # A pipe or a file: tables at their natural width, not wrapped at 80 columns.
+            self.out = Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self._defaults: Defaults | None = None
 

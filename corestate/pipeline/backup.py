@@ -91,6 +91,7 @@ class BackupSummary:
     data_blobs: int = 0
     tree_blobs: int = 0
     data_added: int = 0
+    tree_added: int = 0  # plaintext bytes of new tree blobs (restic adds them to data_added)
     total_files_processed: int = 0
     total_bytes_processed: int = 0
     total_duration: float = 0.0
@@ -460,6 +461,7 @@ class _Run:
             tree_id = hashlib.sha256(blob).digest()
             if self.dedup.claim(tree_id):
                 self.summary.tree_blobs += 1
+                self.summary.tree_added += len(blob)
                 self._store(tree_id, BlobType.TREE, blob)
             bitmap = BitMap.union(self.table.ordinals([tree_id]), *bitmaps)
             self.bitmaps[tree_id] = bitmap
