@@ -33,12 +33,3 @@ def test_a_group_without_its_command_shows_its_help() -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("Usage: corestate key [OPTIONS] COMMAND")
     assert "passwd" in proc.stderr
-
-
-def test_readme_documents_the_exit_codes() -> None:
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert "2 usage error" in readme
-    proc = run_corestate("--help")
-    assert "2 usage error" in proc.stdout
