@@ -1,5 +1,5 @@
 """``corestate config``: show or save the defaults that commands fall back to (the
-config file described in :mod:`corestate.cli.context`)."""
+config file described in :mod:`corestate.cli.defaults`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import os
 
 import click
 
-from corestate.cli.context import Context, Defaults, absolute_location, config_path, pass_ctx
+from corestate.cli.context import Context, pass_ctx
+from corestate.cli.defaults import Defaults, absolute_location, config_path
 from corestate.cli.main import cli
 from corestate.errors import PermanentError
 
