@@ -88,8 +88,9 @@ class LocalBackend:
         try:  # the root first, so a failure names the directory the user gave
             os.makedirs(self._root, mode=DIRECTORY_MODE, exist_ok=True)
         except OSError as err:
+            reason = _PERMANENT_REASONS.get(err.errno or 0) or err.strerror or str(err)
             raise PermanentError(f"cannot create the repository directory {self._root}: "
-                                 f"{err.strerror or err}") from err
+                                 f"{reason}") from err
         directories = [os.path.join(self._root, kind.value) for kind in _DIRECTORY_KINDS]
         directories += [os.path.join(self._root, "data", f"{i:02x}") for i in range(256)]
         for directory in directories:

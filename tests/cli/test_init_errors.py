@@ -13,7 +13,8 @@ def test_init_names_the_repository_directory_it_cannot_create(tmp_path) -> None:
     proc = run_corestate("init", "--repo", str(repo), check=False)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
-        f"corestate: error: cannot create the repository directory {repo}: Not a directory"]
+        f"corestate: error: cannot create the repository directory {repo}: "
+        "a component of the path is not a directory"]
 
 
 def test_init_into_an_existing_empty_directory(tmp_path) -> None:
