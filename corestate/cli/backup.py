@@ -58,7 +58,7 @@ def backup(ctx: Context, paths: tuple[str, ...], excludes: tuple[str, ...],
                   "files_new": summary.files_new, "files_changed": summary.files_changed,
                   "files_unmodified": summary.files_unmodified, "dirs": summary.dirs,
                   "data_blobs": summary.data_blobs, "tree_blobs": summary.tree_blobs,
-                  "data_added": summary.data_added,
+                  "data_added": summary.data_added + summary.tree_added,  # as restic's
                   "total_files_processed": summary.total_files_processed,
                   "total_bytes_processed": summary.total_bytes_processed,
                   "total_duration": round(summary.total_duration, 3),
@@ -68,7 +68,7 @@ def backup(ctx: Context, paths: tuple[str, ...], excludes: tuple[str, ...],
     else:
         ctx.info(f"Files: {summary.files_new} new, {summary.files_changed} changed, "
                  f"{summary.files_unmodified} unmodified")
-        ctx.info(f"Added to the repository: {human_size(summary.data_added)} "
+        ctx.info(f"Added to the repository: {human_size(summary.data_added + summary.tree_added)} "
                  f"({summary.data_blobs} data blobs, {summary.tree_blobs} tree blobs)")
         ctx.info(f"processed {summary.total_files_processed} files, "
                  f"{human_size(summary.total_bytes_processed)} in {summary.total_duration:.2f}s")

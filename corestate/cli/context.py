@@ -1,12 +1,14 @@
 """What every command shares: how the repository and password are found, how results
 are printed (human text or ``--json``), and progress display.
 
-The repository comes from ``--repo`` or ``CORESTATE_REPOSITORY``; the password from
-``CORESTATE_PASSWORD`` (its bytes as they are), ``--password-file`` (or
-``CORESTATE_PASSWORD_FILE``; read as restic reads one, see
-:func:`corestate.repository.keys.password_from_file`), or a prompt when standard input
-is a terminal. Commands that only read take restic's shared lock (:meth:`Context.read_lock`)
-and go on past a damaged snapshot file with a warning (:meth:`Context.damaged_snapshot`).
+The repository comes from ``--repo``, else ``CORESTATE_REPOSITORY``, else the config
+file (:mod:`corestate.cli.defaults`). The password comes from ``CORESTATE_PASSWORD``
+(its bytes as they are), else ``--password-file`` (or ``CORESTATE_PASSWORD_FILE``; read
+as restic reads one, see :func:`corestate.repository.keys.password_from_file`), else
+the config file's password file when the repository in use is the config file's, else
+a prompt when standard input is a terminal. Commands that only read take restic's
+shared lock (:meth:`Context.read_lock`) and go on past a damaged snapshot file with a
+warning (:meth:`Context.damaged_snapshot`).
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeElapsedColumn, TransferSpeedColumn)
 
+from corestate.cli.defaults import Defaults, config_path
 from corestate.connectors.url import open_backend
 from corestate.errors import CoreStateError, PermanentError
 from corestate.kernel.blockmap import BlockMapStore
 from corestate.repository.keys import Password, password_from_file
 from corestate.repository.repository import Repository
+
+
+PIPE_WIDTH = 4096  # the line width tables may take when stdout is not a terminal
 
 
 @dataclass
@@ -41,19 +47,43 @@ class Context:
 
     def __post_init__(self) -> None:
         self.out = Console(highlight=False, soft_wrap=True)
+        if not self.out.is_terminal and not os.environ.get("COLUMNS"):
+            # A pipe or a file: tables at their natural width, not wrapped at 80 columns.
+            self.out = Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self._defaults: Defaults | None = None
 
     # -- repository -------------------------------------------------------------------
+    def defaults(self) -> Defaults:
+        """The config file's settings (read once; a missing file has none)."""
+        if self._defaults is None:
+            self._defaults = Defaults.load(config_path())
+        return self._defaults
+
     def url(self) -> str:
-        if not self.repo_url:
-            raise PermanentError("no repository given: use --repo or set CORESTATE_REPOSITORY")
-        return self.repo_url
+        if self.repo_url:
+            return self.repo_url
+        defaults = self.defaults()
+        if defaults.repository:
+            return defaults.repository
+        raise PermanentError("no repository given: use --repo, set CORESTATE_REPOSITORY, "
+                             f"or name one in {defaults.path} (see `corestate config --help`)")
+
+    def default_password_file(self) -> str | None:
+        """The config file's password file, if the repository in use is its repository."""
+        defaults = self.defaults()
+        if defaults.password_file and defaults.is_repository(self.url()):
+            return defaults.password_file
+        return None
 
     def password(self, confirm: bool = False) -> Password:
         """The password as bytes from the environment or a file (restic takes bytes,
-        UTF-8 or not; a file is read as restic reads it), else from a prompt."""
+        UTF-8 or not; a file is read as restic reads it; the config file's when no other
+        is given), else from a prompt."""
         if b"CORESTATE_PASSWORD" in os.environb:
             return os.environb[b"CORESTATE_PASSWORD"]
+        if not self.password_file:
+            self.password_file = self.default_password_file()
         if self.password_file:
             return read_password_file(self.password_file)
         if sys.stdin.isatty():
@@ -145,9 +175,12 @@ def read_password_file(path: str) -> bytes:
 
 
 def ask_password(prompt: str, confirm: bool) -> str:
-    pw = getpass.getpass(prompt)
-    if confirm and getpass.getpass("enter password again: ") != pw:
-        raise PermanentError("passwords do not match")
+    try:
+        pw = getpass.getpass(prompt)
+        if confirm and getpass.getpass("enter password again: ") != pw:
+            raise PermanentError("passwords do not match")
+    except EOFError:  # Ctrl-D at the prompt
+        raise PermanentError("no password given (end of input at the prompt)") from None
     if not pw:
         raise PermanentError("an empty password is not a password")
     return pw

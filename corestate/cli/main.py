@@ -2,12 +2,15 @@
 
 Every command module registers itself on :data:`cli`. Errors derived from
 :class:`~corestate.errors.CoreStateError` are printed as one line and exit with their
-code; an interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM), after the same clean-up
+code; a *usage error* (unknown command or option, missing or bad argument: click's
+:class:`~click.UsageError`) is one line too, with the nearest command for a typo, and
+exits 2; an interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM), after the same clean-up
 (locks released), unless the command handles the signal itself (protect, agent, worker).
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import signal
@@ -20,11 +23,53 @@ from corestate import __version__
 from corestate.cli.context import Context
 from corestate.errors import CoreStateError
 
-COMMANDS = ("repo", "backup", "protect", "snapshots", "restore", "ls", "find", "check", "forget",
-            "prune", "repair", "stats", "diff", "tiering", "alerts", "topics", "agent", "worker")
+COMMANDS = ("repo", "config", "backup", "protect", "snapshots", "restore", "ls", "find", "check",
+            "forget", "prune", "repair", "stats", "diff", "tiering", "alerts", "topics", "agent",
+            "worker")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class CommandGroup(click.Group):
+    """A command group whose unknown-command error names the nearest command."""
+
+    group_class = type  # subgroups (key, topics, alerts...) are CommandGroups too
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            known = self.list_commands(ctx)
+            prefixed = [c for c in known if c.startswith(name)]
+            near = prefixed if len(prefixed) == 1 else difflib.get_close_matches(name, known, 1)
+            hint = (f"did you mean {near[0]!r}?" if near
+                    else f"`{ctx.command_path} --help` lists the commands")
+            raise click.UsageError(f"no such command {name!r} ({hint})", ctx)
+        return super().resolve_command(ctx, args)
+
+
+def usage_error_line(exc: click.UsageError) -> str:
+    """A usage error as one line: the command, the problem, where to read more.
+
+    >>> ctx = click.Context(click.Command("restore"), info_name="corestate restore")
+    >>> usage_error_line(click.UsageError("Missing option '-t' / '--target'.", ctx))
+    "corestate restore: error: missing option '-t' / '--target' (see `corestate restore --help`)"
+    """
+    path = exc.ctx.command_path if exc.ctx is not None else "corestate"
+    if isinstance(exc, click.NoSuchOption):
+        near = sorted(exc.possibilities or ())
+        message = f"no such option: {exc.option_name}"
+        if near:
+            message += f" (did you mean {' or '.join(near)}?)"
+    else:
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        if message[:1].isupper() and message[1:2].islower():
+            message = message[0].lower() + message[1:]
+    if "did you mean" not in message and "--help" not in message:
+        message += f" (see `{path} --help`)"
+    return f"{path}: error: {message}"
+
+
+@click.group(cls=CommandGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-r", "--repo", "repo_url", envvar="CORESTATE_REPOSITORY", metavar="URL",
               help="Repository: a path, or local:PATH (env CORESTATE_REPOSITORY).")
 @click.option("-p", "--password-file", envvar="CORESTATE_PASSWORD_FILE", metavar="FILE",
@@ -40,8 +85,14 @@ def cli(ctx: click.Context, repo_url: str | None, password_file: str | None, jso
         quiet: bool, verbose: int) -> None:
     """CoreState: continuous data protection into restic-compatible repositories.
 
-    Start with `corestate init --repo DIR`, then `corestate backup PATH --repo DIR`.
-    The password comes from CORESTATE_PASSWORD, --password-file, or a prompt.
+    Start with `corestate init --repo DIR`, then `corestate backup PATH --repo DIR`;
+    `corestate config --save --repo DIR` makes DIR the default, so --repo can be left
+    out. The password comes from CORESTATE_PASSWORD, --password-file, the config file,
+    or a prompt.
+
+    Exit codes: 0 success; 1 error; 2 usage error (unknown command or option, missing
+    or bad argument); 3 backup saved but some files could not be read; 130
+    interrupted. Errors are one line on stderr.
     """
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -139,6 +190,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("corestate: interrupted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a group without its command
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message(), err=True)
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        click.echo(usage_error_line(exc), err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+
 import click
 from rich.table import Table
 
@@ -23,6 +26,14 @@ def init(ctx: Context) -> None:
     ctx.result({"message_type": "initialized", "id": repo.config.id,
                 "repository": repo.backend.location()},
                f"created repository {repo.config.id[:10]} at {repo.backend.location()}")
+    try:
+        has_default = bool(ctx.defaults().repository)
+    except PermanentError:  # a broken config file is reported when it is needed
+        has_default = True
+    if not has_default:  # offer to make it the default
+        pwfile = f" --password-file {shlex.quote(ctx.password_file)}" if ctx.password_file else ""
+        ctx.info("to use it without --repo from now on: corestate config --save --repo "
+                 f"{shlex.quote(ctx.url())}{pwfile}")
 
 
 def _new_password(new_password_file: str | None) -> Password:
@@ -31,6 +42,9 @@ def _new_password(new_password_file: str | None) -> Password:
         if not pw:
             raise PermanentError(f"{new_password_file}: an empty password is not a password")
         return pw
+    if not sys.stdin.isatty():
+        raise PermanentError("no new password given: use --new-password-file FILE (or "
+                             "CORESTATE_NEW_PASSWORD_FILE), or run on a terminal to be asked")
     return ask_password("enter new password: ", confirm=True)
 
 
@@ -64,7 +78,9 @@ def key_list(ctx: Context) -> None:
 
 
 @key.command("add")
-@click.option("--new-password-file", metavar="FILE", help="Read the new password from FILE.")
+@click.option("--new-password-file", metavar="FILE", envvar="CORESTATE_NEW_PASSWORD_FILE",
+              help="Read the new password from FILE (env CORESTATE_NEW_PASSWORD_FILE); "
+                   "without it the new password is asked for on the terminal.")
 @pass_ctx
 def key_add(ctx: Context, new_password_file: str | None) -> None:
     """Add a password that opens the repository."""
@@ -84,7 +100,9 @@ def key_remove(ctx: Context, key_id: str) -> None:
 
 
 @key.command("passwd")
-@click.option("--new-password-file", metavar="FILE", help="Read the new password from FILE.")
+@click.option("--new-password-file", metavar="FILE", envvar="CORESTATE_NEW_PASSWORD_FILE",
+              help="Read the new password from FILE (env CORESTATE_NEW_PASSWORD_FILE); "
+                   "without it the new password is asked for on the terminal.")
 @pass_ctx
 def key_passwd(ctx: Context, new_password_file: str | None) -> None:
     """Change the password of the key in use (adds a new key, removes the old one)."""

@@ -85,6 +85,12 @@ class LocalBackend:
         if os.path.lexists(os.path.join(self._root, "config")):
             # Same guard as restic: re-initialising must never look like it succeeded.
             raise PermanentError(f"a repository already exists at {self._root}")
+        try:  # the root first, so a failure names the directory the user gave
+            os.makedirs(self._root, mode=DIRECTORY_MODE, exist_ok=True)
+        except OSError as err:
+            reason = _PERMANENT_REASONS.get(err.errno or 0) or err.strerror or str(err)
+            raise PermanentError(f"cannot create the repository directory {self._root}: "
+                                 f"{reason}") from err
         directories = [os.path.join(self._root, kind.value) for kind in _DIRECTORY_KINDS]
         directories += [os.path.join(self._root, "data", f"{i:02x}") for i in range(256)]
         for directory in directories:

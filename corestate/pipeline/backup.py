@@ -81,7 +81,7 @@ class BackupSummary:
     data_blobs: int = 0
     tree_blobs: int = 0
     data_added: int = 0
-    tree_added: int = 0
+    tree_added: int = 0  # plaintext bytes of new tree blobs (restic adds them to data_added)
     total_files_processed: int = 0
     total_bytes_processed: int = 0
     total_duration: float = 0.0

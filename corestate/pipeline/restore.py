@@ -11,14 +11,18 @@ Terms:
 - *zero blob*: a data blob whose plaintext is all zero bytes. It is not written: the
   writer skips over it (``pwrite`` past the end leaves a hole) and the file is
   truncated to its final size at the end, so sparse files stay sparse.
-- *include pattern*: a restic filter pattern. It is split at ``/`` and its components
-  are matched (``fnmatch``) against consecutive components of a snapshot path: an
-  absolute pattern from the root, a relative one anywhere (``*.txt`` matches base
-  names). A pattern that matches a directory selects everything below it; ``**``
-  matches any number of components. A directory is restored if it is selected or if
-  anything below it is.
+- *zero block*: a file-aligned :data:`HOLE_BLOCK` of zero bytes inside a blob that
+  also holds data (a chunk that spans the edge of a hole). It is skipped like a zero
+  blob, so holes come back as holes wherever they start and end.
+- *include pattern*: a restic filter pattern, see :mod:`corestate.pipeline.include`.
 - *hardlink*: a file node with ``links > 1``; the first one restored is written, later
   nodes with the same ``(device_id, inode)`` become ``os.link`` to it.
+- *existing entry*: something already at a destination (the target need not be empty).
+  The *overwrite policy* (:class:`Overwrite`, restic 0.17's ``--overwrite``) decides
+  whether it is replaced; directories are always kept and restored into.
+- *extra entry*: something in a restored directory of the target that the snapshot does
+  not hold there. It is kept, or removed with ``delete`` (restic's ``--delete``); with
+  include patterns only extra entries the patterns select are touched.
 
 The steps, as in restic 0.14:
 
@@ -30,23 +34,30 @@ The steps, as in restic 0.14:
 3. Set directories' metadata, deepest first, so writing children cannot move their
    times. Sockets are skipped, as restic does.
 
+Extra entries of a directory are counted (or removed) once the walk has left it, and
+those of the target itself at the end; never in a directory whose contents could not
+be read from the snapshot, and with ``delete`` never after a refused unsafe name.
+
 Damage is reported, not fatal: a file whose blob cannot be loaded, or that cannot be
 written, is deleted and listed in :attr:`RestoreResult.errors`, and the restore goes on.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
-import fnmatch
+import hashlib
 import os
+import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from corestate.errors import IntegrityError, NotFoundError
+from corestate.errors import IntegrityError, NotFoundError, PermanentError
+from corestate.pipeline.include import IncludeFilter
 from corestate.repository.repository import Repository
 from corestate.repository.snapshot import Snapshot
 from corestate.repository.tree import Node, posix_mode
@@ -57,76 +68,86 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress calls
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _NO_XATTR_SUPPORT = {errno.ENOTSUP, errno.EOPNOTSUPP}
+HOLE_BLOCK = 4096  # the unit of holes: zero blocks this size (file-aligned) are not written
+_ZERO_BLOCK = bytes(HOLE_BLOCK)
+
+
+class Overwrite(enum.Enum):
+    """What to do with an existing entry where the snapshot has a file (restic 0.17).
+
+    - ``always``: replace it, unless it is a regular file whose content already equals
+      the snapshot's (read and hashed blob by blob): then only its metadata is set.
+    - ``if-changed``: the same, but a regular file whose size and modification time
+      equal the snapshot's is taken as equal without reading it.
+    - ``if-newer``: replace it only if the snapshot's modification time is newer.
+    - ``never``: keep it as it is.
+    """
+
+    ALWAYS = "always"
+    IF_CHANGED = "if-changed"
+    IF_NEWER = "if-newer"
+    NEVER = "never"
 
 
 @dataclass
 class RestoreResult:
     """What a restore did. ``files`` counts every restored non-directory (regular files,
-    hardlinks, symlinks, fifos, devices); ``bytes_written`` is the content size of the
-    regular files written, holes of sparse files included; ``errors`` lists
-    ``(destination path, message)`` for everything that could not be restored."""
+    hardlinks, symlinks, fifos, devices), ``unchanged`` files included; ``bytes_written``
+    is the content size of the regular files written, holes of sparse files included;
+    ``errors`` lists ``(destination path, message)`` for everything that could not be
+    restored. About the target's existing entries: ``replaced`` were removed to restore
+    the snapshot's entry, ``unchanged`` files already held the snapshot's content (only
+    their metadata was set), ``skipped`` were kept by the overwrite policy, ``deleted``
+    extra entries were removed (a directory counts once) and ``extra`` were kept.
+    ``selected`` counts the nodes the include patterns selected (all, without them)."""
 
     files: int = 0
     dirs: int = 0
     bytes_written: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    replaced: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    extra: int = 0
+    selected: int = 0
+
+    @property
+    def touched_existing(self) -> bool:
+        """Whether the target held anything this restore replaced, kept or removed."""
+        return bool(self.replaced or self.unchanged or self.skipped or self.deleted or self.extra)
 
 
-class IncludeFilter:
-    """restic's ``--include`` semantics over snapshot paths.
+def data_runs(data: bytes, offset: int) -> Iterator[tuple[int, int]]:
+    """The ``(start, end)`` ranges of ``data`` (a blob that starts at file ``offset``)
+    that must be written: all of it but its zero blocks, so a hole that shares a blob
+    with data comes back as a hole. Blocks are :data:`HOLE_BLOCK` bytes at multiples of
+    it in the file, so what is skipped is whole file system blocks.
 
-    >>> f = IncludeFilter(['/home/u/docs/*.txt', 'keep'])
-    >>> f.matches(b'/home/u/docs/a.txt'), f.matches(b'/home/u/docs/a.md')
-    (True, False)
-    >>> f.matches(b'/srv/keep/deep/file'), f.may_match_below(b'/home'), f.may_match_below(b'/srv')
-    (True, True, True)
-    >>> IncludeFilter(['/home/u/*.txt']).may_match_below(b'/etc')
-    False
+    >>> block = bytes(HOLE_BLOCK)
+    >>> list(data_runs(b"ab" + block + block + b"cd", HOLE_BLOCK - 2))
+    [(0, 2), (8194, 8196)]
+    >>> list(data_runs(b"x" * 10, 0))
+    [(0, 10)]
     """
-
-    def __init__(self, patterns: list[str]) -> None:
-        self._patterns: list[tuple[bool, list[bytes]]] = []
-        for raw in patterns:
-            pat = os.fsencode(raw)
-            if pat:
-                self._patterns.append((pat.startswith(b"/"), _components(pat)))
-
-    def matches(self, path: bytes) -> bool:
-        """Whether ``path`` (or a directory above it) is selected by a pattern."""
-        parts = _components(path)
-        for absolute, pat in self._patterns:
-            starts = [0] if absolute else range(max(len(parts), 1))
-            if any(_match_prefix(pat, parts[i:]) for i in starts):
-                return True
-        return False
-
-    def may_match_below(self, dir_path: bytes) -> bool:
-        """Whether something below directory ``dir_path`` may match a pattern."""
-        parts = _components(dir_path)
-        return any(not absolute or _may_lead(pat, parts) for absolute, pat in self._patterns)
-
-
-def _components(path: bytes) -> list[bytes]:
-    return [p for p in path.split(b"/") if p]
-
-
-def _match_prefix(pat: list[bytes], parts: list[bytes]) -> bool:
-    """Whether ``pat`` matches the first components of ``parts`` (the rest is free)."""
-    if not pat:
-        return True
-    if pat[0] == b"**":
-        return any(_match_prefix(pat[1:], parts[i:]) for i in range(len(parts) + 1))
-    return bool(parts) and fnmatch.fnmatchcase(parts[0], pat[0]) and _match_prefix(pat[1:], parts[1:])
-
-
-def _may_lead(pat: list[bytes], parts: list[bytes]) -> bool:
-    """Whether a path below the directory ``parts`` could match the absolute ``pat``."""
-    for i, comp in enumerate(pat):
-        if comp == b"**" or i >= len(parts):
-            return True
-        if not fnmatch.fnmatchcase(parts[i], comp):
-            return False
-    return True
+    length = len(data)
+    if data.find(_ZERO_BLOCK) < 0:
+        yield 0, length  # no zero block anywhere: the common case, found in C
+        return
+    view = memoryview(data)
+    run_start = -1
+    start = 0
+    while start < length:
+        end = min(length, start + HOLE_BLOCK - (offset + start) % HOLE_BLOCK)
+        if view[start:end] == _ZERO_BLOCK[:end - start]:
+            if run_start >= 0:
+                yield run_start, start
+                run_start = -1
+        elif run_start < 0:
+            run_start = start
+        start = end
+    if run_start >= 0:
+        yield run_start, length
 
 
 def _safe_name(name: bytes) -> bool:
@@ -150,14 +171,23 @@ class _Dir:
     created: bool = False
     fresh: bool = False  # made by this restore, so it started empty
     failed: bool = False
+    lost: bool = False  # its contents could not be read from the snapshot
+    names: set[bytes] = field(default_factory=set)  # its children in the snapshot
 
 
 class _Restorer:
     def __init__(self, repo: Repository, target: bytes, include: IncludeFilter | None,
-                 progress: Progress | None, workers: int) -> None:
+                 progress: Progress | None, workers: int, overwrite: Overwrite,
+                 delete: bool) -> None:
         self.repo = repo
         self.target = target
         self.include = include
+        self.overwrite = overwrite
+        self.delete = delete
+        self._sweep_ok = True  # False once an unsafe name is seen: extras are not trusted
+        self._target_existed = os.path.lexists(target)
+        self._target_made = False
+        self._root_names: set[bytes] = set()
         self.progress = progress
         self.workers = max(1, workers)
         self.result = RestoreResult()
@@ -169,7 +199,7 @@ class _Restorer:
         self._last_progress = 0.0
         self._zero_blobs: dict[bytes, int] = {}  # blob id -> length, for zero blobs
         self._first_link: dict[tuple[int, int], bytes] = {}  # (device, inode) -> dest
-        self._links: list[tuple[bytes, bytes]] = []  # (dest, dest of the first link)
+        self._links: list[tuple[bytes, bytes, Node]] = []  # (dest, dest of the first link, node)
         self._failed: set[bytes] = set()  # dests whose content could not be restored
         self._stack: list[_Dir] = []
         self._dirs: list[_Dir] = []  # created, in creation order (parents first)
@@ -191,7 +221,6 @@ class _Restorer:
 
     # -- the walk -------------------------------------------------------------------------
     def run(self, tree_id: bytes) -> RestoreResult:
-        os.makedirs(self.target, 0o700, exist_ok=True)  # restic's mode for a new target
         slots = threading.BoundedSemaphore(self.workers * 2)  # memory stays bounded
         with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as pool:
             def done(future: Future[None]) -> None:
@@ -202,19 +231,23 @@ class _Restorer:
 
             for path, node in walk(self.repo, tree_id, b"/", self._descend, self._tree_error):
                 while self._stack and not path.startswith(self._stack[-1].path + b"/"):
-                    self._stack.pop()
+                    self._leave(self._stack.pop())
                 if self._stack and not self._stack[-1].enter:
                     continue  # below a directory that failed
+                (self._stack[-1].names if self._stack else self._root_names).add(node.name)
                 dest = self.target + path
                 selected = (self.include is None or (bool(self._stack) and self._stack[-1].selected)
                             or self.include.matches(path))
                 if not _safe_name(node.name):
                     self.error(dest, f"refusing unsafe name {node.name!r} in the snapshot")
+                    self._sweep_ok = False
                     if node.type == "dir":
                         self._stack.append(_Dir(path, dest, node, False, enter=False))
                     continue
+                if selected and node.type != "socket":
+                    self.result.selected += 1
                 if node.type == "dir":
-                    entry = _Dir(path, dest, node, selected)
+                    entry = _Dir(path, dest, node, selected, lost=node.subtree is None)
                     entry.enter = selected or self.include is None or self.include.may_match_below(path)
                     self._stack.append(entry)
                     if selected:
@@ -230,10 +263,14 @@ class _Restorer:
                     pool.submit(self._restore_file, dest, node, fresh).add_done_callback(done)
                 else:
                     self._restore_special(dest, node)
+            while self._stack:
+                self._leave(self._stack.pop())
+            if self._target_existed and (self.include is None or self.result.selected):
+                self._sweep(self.target, b"", self._root_names)
         if self._crashes:
             raise self._crashes[0]
-        for dest, first in self._links:
-            self._restore_link(dest, first)
+        for dest, first, node in self._links:
+            self._restore_link(dest, first, node)
         for entry in reversed(self._dirs):
             self._set_metadata(entry.dest, entry.node)
         self.advance(force=True)
@@ -244,12 +281,60 @@ class _Restorer:
 
     def _tree_error(self, path: bytes, exc: IntegrityError | NotFoundError) -> None:
         """A damaged entry or a subtree that cannot be loaded (``exc`` says which)."""
+        if self._stack and self._stack[-1].path == path:
+            self._stack[-1].lost = True  # its contents are unknown: nothing to sweep
         if self.include is None or self.include.matches(path) or self.include.may_match_below(path):
             self.error(self.target + path, exc.message)
+
+    def _leave(self, entry: _Dir) -> None:
+        """The walk is past ``entry``: deal with its extra entries."""
+        if entry.created and entry.enter and not entry.fresh and not entry.lost:
+            self._sweep(entry.dest, entry.path, entry.names)
+
+    def _sweep(self, dest_dir: bytes, snap_dir: bytes, names: set[bytes]) -> None:
+        """Count, or with ``delete`` remove, the entries of ``dest_dir`` that are not
+        among ``names`` (the directory's children in the snapshot) and that the include
+        patterns select."""
+        try:
+            on_disk = os.listdir(dest_dir)
+        except OSError as exc:
+            self.error(dest_dir, _message("listing", exc))
+            return
+        for name in on_disk:
+            if name in names or (self.include is not None
+                                 and not self.include.matches(snap_dir + b"/" + name)):
+                continue
+            if not (self.delete and self._sweep_ok):
+                with self._lock:
+                    self.result.extra += 1
+                continue
+            dest = dest_dir + b"/" + name
+            try:
+                self._remove(dest)
+            except OSError as exc:
+                self.error(dest, _message("deleting (not in the snapshot)", exc))
+                continue
+            with self._lock:
+                self.result.deleted += 1
+
+    @staticmethod
+    def _remove(dest: bytes) -> None:
+        """Remove ``dest``, a whole directory tree included (never following symlinks)."""
+        if stat.S_ISDIR(os.lstat(dest).st_mode):
+            shutil.rmtree(dest)
+        else:
+            os.unlink(dest)
 
     def _make_parents(self) -> bool:
         """Create the directories on the walk's current path that do not exist yet;
         False if one cannot be created."""
+        if not self._target_made:
+            try:
+                os.makedirs(self.target, 0o700, exist_ok=True)  # restic's mode for a new target
+            except OSError as exc:
+                raise PermanentError(f"cannot create the target directory "
+                                     f"{os.fsdecode(self.target)}: {exc.strerror or exc}") from None
+            self._target_made = True
         for entry in self._stack:
             if entry.failed:
                 return False
@@ -271,10 +356,9 @@ class _Restorer:
         return True
 
     # -- nodes ------------------------------------------------------------------------------
-    @staticmethod
-    def _clear(dest: bytes, keep_dir: bool = False) -> None:
+    def _clear(self, dest: bytes, keep_dir: bool = False) -> None:
         """Make room at ``dest``: an existing non-directory is removed; an existing
-        directory stays (``keep_dir``) or is an error."""
+        directory stays (``keep_dir``), is removed with ``delete``, or is an error."""
         try:
             st = os.lstat(dest)
         except FileNotFoundError:
@@ -282,8 +366,69 @@ class _Restorer:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return
-            raise IsADirectoryError(errno.EISDIR, "a directory is in the way", dest)
-        os.unlink(dest)
+            if not self.delete:
+                raise IsADirectoryError(errno.EISDIR, "a directory is in the way "
+                                        "(--delete replaces it)", dest)
+            shutil.rmtree(dest)
+        else:
+            os.unlink(dest)
+        with self._lock:
+            self.result.replaced += 1
+
+    def _keep_existing(self, dest: bytes, node: Node) -> bool:
+        """Whether the overwrite policy keeps what is at ``dest`` (counted as skipped)."""
+        if self.overwrite in (Overwrite.ALWAYS, Overwrite.IF_CHANGED):
+            return False
+        try:
+            st = os.lstat(dest)
+        except FileNotFoundError:
+            return False
+        if self.overwrite is Overwrite.IF_NEWER and node.mtime > st.st_mtime_ns:
+            return False
+        with self._lock:
+            self.result.skipped += 1
+        return True
+
+    def _already_restored(self, dest: bytes, node: Node) -> bool:
+        """With ``always`` or ``if-changed``: if ``dest`` is a regular file that already
+        holds the node's content, set its metadata and count it as unchanged."""
+        if self.overwrite not in (Overwrite.ALWAYS, Overwrite.IF_CHANGED):
+            return False
+        try:
+            fd = os.open(dest, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False  # missing, a symlink, unreadable: restored as usual
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != node.size:
+                return False
+            trusted = self.overwrite is Overwrite.IF_CHANGED and st.st_mtime_ns == node.mtime
+            if not trusted and not self._same_content(fd, node):
+                return False
+            self._set_metadata(dest, node, fd)
+        finally:
+            os.close(fd)
+        with self._lock:
+            self.result.unchanged += 1
+        self.advance(files=1)
+        return True
+
+    def _same_content(self, fd: int, node: Node) -> bool:
+        """Whether the open file holds exactly the node's blobs (each read and hashed)."""
+        pos = 0
+        for blob_id in node.content or []:
+            location = self.repo.index.lookup(blob_id)
+            if location is None:
+                return False
+            length = location.blob.plaintext_length
+            try:
+                data = os.pread(fd, length, pos)
+            except OSError:
+                return False
+            if len(data) != length or hashlib.sha256(data).digest() != blob_id:
+                return False
+            pos += length
+        return pos == node.size
 
     def _is_later_link(self, dest: bytes, node: Node) -> bool:
         """Record a hardlinked file; True if an earlier node already has its inode."""
@@ -294,11 +439,13 @@ class _Restorer:
         if first is None:
             self._first_link[key] = dest
             return False
-        self._links.append((dest, first))
+        self._links.append((dest, first, node))
         return True
 
     def _restore_special(self, dest: bytes, node: Node) -> None:
         """Create a symlink, fifo or device node and set its metadata."""
+        if self._keep_existing(dest, node):
+            return
         try:
             self._clear(dest)
             if node.type == "symlink":
@@ -317,10 +464,16 @@ class _Restorer:
         self._set_metadata(dest, node)
         self.advance(files=1)
 
-    def _restore_link(self, dest: bytes, first: bytes) -> None:
+    def _restore_link(self, dest: bytes, first: bytes, node: Node) -> None:
         if first in self._failed:
             self.error(dest, f"not restored: it is a hardlink of {os.fsdecode(first)}, "
                              "which could not be restored")
+            return
+        existing, linked = _lstat(dest), _lstat(first)
+        if existing is not None and linked is not None and os.path.samestat(existing, linked):
+            self.advance(files=1)  # already this link
+            return
+        if existing is not None and self._keep_existing(dest, node):
             return
         try:
             self._clear(dest)
@@ -337,6 +490,8 @@ class _Restorer:
         the file is created exclusively with its final permission bits, and owner and
         mode are only set when creating it did not already give them."""
         mode = posix_mode(node.mode, node.type) & 0o7777
+        if not fresh and (self._keep_existing(dest, node) or self._already_restored(dest, node)):
+            return
         try:
             if fresh:
                 fd = os.open(dest, _NEW_FLAGS, mode & 0o777)
@@ -388,11 +543,12 @@ class _Restorer:
                     self._zero_blobs[blob_id] = length
                 else:
                     view = memoryview(data)
-                    done = 0
-                    while done < length:
-                        done += os.pwrite(fd, view[done:], pos + done)
+                    for start, end in data_runs(data, pos):
+                        done = start
+                        while done < end:
+                            done += os.pwrite(fd, view[done:end], pos + done)
+                        written = pos + end
                     del view
-                    written = pos + length
                 del data  # one blob per worker in memory
             pos += length
             self.advance(nbytes=length)
@@ -440,21 +596,33 @@ class _Restorer:
             self.error(dest, _message("setting metadata", exc))
 
 
+def _lstat(path: bytes) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
 def restore(repo: Repository, snapshot: Snapshot, target: str,
             include: list[str] | None = None, progress: Progress | None = None,
-            workers: int = 4) -> RestoreResult:
-    """Restore ``snapshot`` below the directory ``target`` (created if missing).
+            workers: int = 4, overwrite: Overwrite = Overwrite.ALWAYS,
+            delete: bool = False) -> RestoreResult:
+    """Restore ``snapshot`` below the directory ``target`` (created when something is
+    selected and it is missing).
 
     ``include`` restricts the restore to matching snapshot paths (see
     :class:`IncludeFilter`); ``progress(files_done, bytes_done)`` is called now and
     then from any thread, and once at the end; ``workers`` files are written at once.
-    Files already at the destination are overwritten. Raises only if the snapshot's
-    root tree cannot be read; everything else that fails is in the result's ``errors``.
+    Existing entries are dealt with by ``overwrite``; extra entries are kept, or
+    removed with ``delete``. Raises only if the snapshot's root tree cannot be read or
+    the target cannot be created; everything else that fails is in the result's
+    ``errors``.
     """
     repo.load_index()
     restorer = _Restorer(repo, os.fsencode(os.path.abspath(target)),
-                         IncludeFilter(include) if include else None, progress, workers)
+                         IncludeFilter(include) if include else None, progress, workers,
+                         overwrite, delete)
     return restorer.run(snapshot.tree)
 
 
-__all__ = ["IncludeFilter", "RestoreResult", "restore", "walk"]
+__all__ = ["IncludeFilter", "Overwrite", "RestoreResult", "restore", "walk"]
