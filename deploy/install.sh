@@ -54,9 +54,7 @@ for n in names:
         pass
 PYEOF
 if ((dev)); then
-  for tool in restic borg mkfs.xfs; do
-    if command -v "$tool" >/dev/null; then
-      echo "  $tool: $("$tool" --version 2>&1 | head -1)" >&2
-    fi
-  done
+  command -v restic >/dev/null && echo "  $(restic version 2>&1 | head -1)" >&2
+  command -v borg >/dev/null && echo "  $(borg --version 2>&1 | head -1)" >&2
+  command -v mkfs.xfs >/dev/null && echo "  $(mkfs.xfs -V 2>&1 | head -1)" >&2
 fi
