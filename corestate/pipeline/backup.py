@@ -36,9 +36,10 @@ from corestate.kernel.blockmap import BlockMapStore
 from corestate.pipeline.capture import ExcludeMatcher
 from corestate.pipeline.chunk import BLOCK_THRESHOLD
 from corestate.pipeline.commit import CommitStage, marker_time
-from corestate.pipeline.embedded import EmbeddedRunner, default_workers
+from corestate.pipeline.embedded import EmbeddedRunner
 from corestate.pipeline.jobs import ReadFailed, Record
 from corestate.pipeline.scan import Scanner
+from corestate.pipeline.workers import cores
 from corestate.repository.repository import Repository
 from corestate.repository.snapshot import Snapshot
 from corestate.repository.timefmt import now_ns
@@ -153,7 +154,7 @@ def _run(repo: Repository, opts: BackupOptions, paths: list[str], progress: Prog
         cache.commit = CommitStage(repo, replay_safe=False)
     if cache.runner is None:
         store = opts.block_store.directory if opts.block_store is not None else None
-        workers = default_workers() if opts.workers is None else opts.workers
+        workers = cores() if opts.workers is None else opts.workers
         cache.runner = EmbeddedRunner(repo, workers, opts.block_threshold, opts.block_size,
                                       store)
     parent = cache.parent if cache.parent is not None and not opts.parent \

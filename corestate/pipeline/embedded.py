@@ -30,17 +30,9 @@ backup indexes (:meth:`~corestate.repository.repository.Repository.adopt_orphan_
 
 from __future__ import annotations
 
-import ctypes
-import os
 import queue
-import signal
-import socket
-import subprocess
-import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection
 from typing import Any
 
 from corestate.errors import CoreStateError, PermanentError
@@ -50,6 +42,7 @@ from corestate.pipeline.commit import CommitReport, CommitStage
 from corestate.pipeline.jobs import ReadFailed, ReadFile, Record
 from corestate.pipeline.pack import PackStage
 from corestate.pipeline.stage import RejectedEventError
+from corestate.pipeline.workers import (InlineWorker, Replies, WorkerFailed, WorkerProcess)
 from corestate.repository.repository import Repository
 from corestate.schemas.events import BarrierAck, FileManifest, SnapshotMarker
 
@@ -64,7 +57,7 @@ INLINE_FILES = 500
 
 @dataclass(frozen=True)
 class LaneConfig:
-    """What a lane needs; pickled to its worker process."""
+    """What a lane needs: the job of its worker (:mod:`.workers`), pickled to it."""
 
     repo: Repository
     index: int
@@ -72,6 +65,9 @@ class LaneConfig:
     block_threshold: int = BLOCK_THRESHOLD
     block_size: int = 1 << 20
     block_store: str | None = None
+
+    def start(self) -> Lane:
+        return Lane(self)
 
 
 @dataclass
@@ -82,15 +78,6 @@ class LaneReport:
     read: ReadReport
     blobs_stored: int
     bytes_added: int
-
-
-@dataclass(frozen=True)
-class LaneFailed:
-    """A lane's error, sent before its process exits."""
-
-    index: int
-    message: str
-    permanent: bool
 
 
 class Lane:
@@ -131,138 +118,11 @@ class Lane:
         self.pack.close()
 
 
-def lane_main(fd: int) -> None:
-    """A worker process (``python -c``; see :class:`_Worker`): read its
-    :class:`LaneConfig`, then serve one lane until told to stop (None) or the pipe
-    closes. Errors go back to the main process as :class:`LaneFailed`."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
-    _die_with_parent()
-    conn = Connection(fd)
-    lane = None
-    index = -1
-    try:
-        cfg: LaneConfig = conn.recv()
-        index = cfg.index
-        lane = Lane(cfg)
-        while True:
-            try:
-                batch = conn.recv()
-            except EOFError:
-                break
-            if batch is None:
-                break
-            conn.send(lane.process(batch))
-    except BaseException as exc:  # reported to the main process, which fails the run
-        permanent = not isinstance(exc, CoreStateError) or isinstance(exc, PermanentError)
-        try:
-            conn.send([LaneFailed(index, str(exc) or type(exc).__name__, permanent)])
-        except OSError:
-            pass
-    finally:
-        if lane is not None:
-            try:
-                lane.close()
-            except BaseException:
-                pass
-
-
-def _die_with_parent() -> None:
-    """Linux: be killed when the main process dies (a killed backup leaves no worker
-    writing on)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    parent = int(os.environ.get("CORESTATE_LANE_PARENT", "0"))
-    if parent and os.getppid() != parent:  # it died before prctl took effect
-        os._exit(1)
-
-
-class _Worker:
-    """The main process's side of a lane in a worker process. The worker is a plain
-    ``python -c`` child joined by a socket pair (no multiprocessing start method: that
-    would re-import the caller's main module); a reader thread puts the lane's replies
-    on ``replies``, so neither side can block the other on a full pipe."""
-
-    def __init__(self, cfg: LaneConfig, replies: queue.SimpleQueue[tuple[int, list[Any]]]) -> None:
-        ours, theirs = socket.socketpair()
-        code = f"from corestate.pipeline.embedded import lane_main; lane_main({theirs.fileno()})"
-        env = {**os.environ, "CORESTATE_LANE_PARENT": str(os.getpid())}
-        self.process = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
-                                        env=env, stdin=subprocess.DEVNULL)
-        theirs.close()
-        self.conn = Connection(ours.detach())
-        self.index = cfg.index
-        self._replies = replies
-        self._stopping = False
-        self.conn.send(cfg)
-        self._reader = threading.Thread(target=self._read, name=f"lane-{cfg.index}-reader",
-                                        daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                out: list[Any] = self.conn.recv()
-            except (EOFError, OSError):
-                if not self._stopping:
-                    self._replies.put((self.index, [self.died()]))
-                return
-            self._replies.put((self.index, out))
-
-    def send(self, batch: list[Record]) -> None:
-        try:
-            self.conn.send(batch)
-        except OSError:
-            pass  # the reader reports the death
-
-    def died(self) -> LaneFailed:
-        try:
-            code: int | None = self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
-        how = f"was killed by signal {-code}" if code is not None and code < 0 else \
-            f"exited with status {code}"
-        return LaneFailed(self.index, f"backup worker process {self.index} {how}; the backup "
-                          "did not complete (what it stored is reused by the next backup)",
-                          False)
-
-    def stop(self) -> None:
-        self._stopping = True
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._reader.join(timeout=5)
-        self.conn.close()
-
-
-class _Inline:
-    """A lane in this process, for runs with little to read."""
-
-    def __init__(self, cfg: LaneConfig, replies: queue.SimpleQueue[tuple[int, list[Any]]]) -> None:
-        self.lane = Lane(cfg)
-        self.index = cfg.index
-        self._replies = replies
-
-    def send(self, batch: list[Record]) -> None:
-        self._replies.put((self.index, self.lane.process(batch)))
-
-    def stop(self) -> None:
-        self.lane.close()
-
-
 @dataclass
 class _Flight:
     """Work handed to one lane in this run and not yet reported back."""
 
-    handle: _Worker | _Inline
+    handle: WorkerProcess | InlineWorker
     batch: list[Record] = field(default_factory=list)
     batch_bytes: int = 0
     batches: int = 0
@@ -293,9 +153,9 @@ class EmbeddedRunner:
         self.repo = repo
         self.workers = max(0, workers)
         self._cfg = LaneConfig(repo, 0, 1, block_threshold, block_size, block_store)
-        self._replies: queue.SimpleQueue[tuple[int, list[Any]]] = queue.SimpleQueue()
-        self._workers: list[_Worker] = []
-        self._inline: _Inline | None = None
+        self._replies: Replies = queue.SimpleQueue()
+        self._workers: list[WorkerProcess] = []
+        self._inline: InlineWorker | None = None
         self._flights: dict[int, _Flight] = {}
         self._pending: list[ReadFile] = []
         self._pending_bytes = 0
@@ -358,15 +218,17 @@ class EmbeddedRunner:
 
     def _start_lanes(self, parallel: bool) -> None:
         """Choose the lanes of this run: the worker processes (started once), or inline."""
-        handles: list[_Worker | _Inline]
+        handles: list[WorkerProcess | InlineWorker]
         if parallel and self.workers:
             while len(self._workers) < self.workers:
-                cfg = replace(self._cfg, index=len(self._workers), lanes=self.workers)
-                self._workers.append(_Worker(cfg, self._replies))
+                index = len(self._workers)
+                cfg = replace(self._cfg, index=index, lanes=self.workers)
+                self._workers.append(WorkerProcess(index, cfg, self._replies, "backup"))
             handles = list(self._workers)
         else:
             if self._inline is None:
-                self._inline = _Inline(replace(self._cfg, index=0, lanes=1), self._replies)
+                self._inline = InlineWorker(0, replace(self._cfg, index=0, lanes=1),
+                                            self._replies)
             handles = [self._inline]
         self._flights = {h.index: _Flight(h) for h in handles}
         pending, self._pending = self._pending, []
@@ -417,8 +279,11 @@ class EmbeddedRunner:
             block = False
             flight = self._flights.get(index)
             for item in out:
-                if isinstance(item, LaneFailed):
-                    raise (PermanentError if item.permanent else CoreStateError)(item.message)
+                if isinstance(item, WorkerFailed):
+                    if item.permanent:
+                        raise item.error()
+                    raise CoreStateError(f"{item.message}; the backup did not complete (what "
+                                         "it stored is reused by the next backup)")
                 if flight is None:
                     continue  # a stale reply of a lane not in this run
                 if isinstance(item, LaneReport):
@@ -457,11 +322,3 @@ class EmbeddedRunner:
             self._inline.stop()
             self._inline = None
         self._flights = {}
-
-
-def default_workers() -> int:
-    """One worker process per core this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)

@@ -44,7 +44,7 @@ def lane_pids(parent: int) -> list[int]:
                 cmd = f.read()
         except OSError:
             continue
-        if ppid == parent and b"lane_main" in cmd:
+        if ppid == parent and b"corestate.pipeline.workers import serve" in cmd:
             out.append(int(pid))
     return out
 
