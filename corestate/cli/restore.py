@@ -13,8 +13,8 @@ from corestate.cli.main import cli
 from corestate.connectors.url import open_backend
 from corestate.errors import CoreStateError, PermanentError
 from corestate.maintenance.tiering import AccessRun, RecordingBackend, save_access_log
-from corestate.pipeline.restore import Overwrite
-from corestate.pipeline.restore import restore as run_restore
+from corestate.restore import Overwrite
+from corestate.restore import restore as run_restore
 from corestate.repository.repository import Repository
 
 
@@ -128,6 +128,7 @@ def restore(ctx: Context, snapshot: str | None, target: str, includes: tuple[str
                                      progress=lambda files, nbytes: bar.update(
                                          completed=nbytes, detail=f"{files} files"),
                                      overwrite=Overwrite(overwrite or "always"), delete=delete)
+            recorder.note(result.pack_reads)
         finally:
             record_reads(ctx, repo, recorder, "restore", started, snap.id)
     if includes and not result.selected:

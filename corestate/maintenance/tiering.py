@@ -57,6 +57,10 @@ ACCESS_PREFIX = "access-"
 
 
 # -- recording ------------------------------------------------------------------------------
+def _unwrapped(inner: Backend) -> Backend:
+    return inner
+
+
 class RecordingBackend:
     """A :class:`~corestate.repository.backend.Backend` that passes everything to
     ``inner`` and notes, per pack, how many bytes were read from it (thread-safe)."""
@@ -71,6 +75,17 @@ class RecordingBackend:
         """Bytes read so far, per pack id."""
         with self._lock:
             return dict(self._reads)
+
+    def note(self, reads: dict[str, int]) -> None:
+        """Add reads made elsewhere (restore's worker processes) to the record."""
+        with self._lock:
+            for pack, n in reads.items():
+                self._reads[pack] = self._reads.get(pack, 0) + n
+
+    def __reduce__(self) -> tuple[object, tuple[Backend]]:
+        # A copy for another process is the plain backend: what that process reads it
+        # reports back, and :meth:`note` records it here.
+        return (_unwrapped, (self.inner,))
 
     def location(self) -> str:
         return self.inner.location()

@@ -15,7 +15,7 @@ from corestate.connectors.local import LocalBackend
 from corestate.kernel.blockmap import BlockMapStore
 from corestate.pipeline import capture
 from corestate.pipeline.backup import BackupOptions, backup
-from corestate.pipeline.restore import restore
+from corestate.restore import restore
 from corestate.repository.repository import Repository
 
 GIB = 1 << 30

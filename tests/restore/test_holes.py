@@ -55,7 +55,7 @@ def test_holes_come_back_as_holes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("offset", [0, 1, BLOCK - 1, BLOCK, 3 * BLOCK + 5])
 def test_data_runs_skip_only_whole_zero_blocks(offset: int) -> None:
-    from corestate.pipeline.restore import HOLE_BLOCK, data_runs
+    from corestate.restore.writer import HOLE_BLOCK, data_runs
 
     data = bytearray(os.urandom(10 * HOLE_BLOCK))
     data[2 * HOLE_BLOCK:7 * HOLE_BLOCK] = bytes(5 * HOLE_BLOCK)

@@ -8,13 +8,10 @@ Terms:
 - *destination*: ``target`` joined with the snapshot path, always built as bytes so
   names that are not UTF-8 come back unchanged.
 - *content*: a file's data blobs in order; the file is their concatenation.
-- *zero blob*: a data blob whose plaintext is all zero bytes. It is not written: the
-  writer skips over it (``pwrite`` past the end leaves a hole) and the file is
-  truncated to its final size at the end, so sparse files stay sparse.
-- *zero block*: a file-aligned :data:`HOLE_BLOCK` of zero bytes inside a blob that
-  also holds data (a chunk that spans the edge of a hole). It is skipped like a zero
-  blob, so holes come back as holes wherever they start and end.
-- *include pattern*: a restic filter pattern, see :mod:`corestate.pipeline.include`.
+- *zero block*: a file-aligned block of zero bytes (:data:`~corestate.restore.writer.HOLE_BLOCK`);
+  it is not written (``pwrite`` past it leaves a hole) and the file is truncated to its
+  final size at the end, so holes come back as holes wherever they start and end.
+- *include pattern*: a restic filter pattern, see :mod:`corestate.restore.include`.
 - *hardlink*: a file node with ``links > 1``; the first one restored is written, later
   nodes with the same ``(device_id, inode)`` become ``os.link`` to it.
 - *existing entry*: something already at a destination (the target need not be empty).
@@ -24,22 +21,25 @@ Terms:
   not hold there. It is kept, or removed with ``delete`` (restic's ``--delete``); with
   include patterns only extra entries the patterns select are touched.
 
-The steps, as in restic 0.14:
+The steps (restic's restorer works the same way):
 
 1. Walk the snapshot in tree order; create directories (mode 0700 for now), symlinks,
-   fifos and devices in the walking thread; hand each regular file to a bounded thread
-   pool that creates it, writes its blobs at their offsets, truncates it and sets its
-   metadata (owner, mode incl. setuid/setgid/sticky, xattrs, atime/mtime in ns).
-2. When every file is written, create the hardlinks.
-3. Set directories' metadata, deepest first, so writing children cannot move their
+   fifos and devices; create each regular file to write (empty) and *plan* its content:
+   every blob at its offset (:mod:`corestate.restore.writer`).
+2. Write the plan: each pack holding needed blobs is read once, by worker processes on
+   every core, and each blob written at every offset that needs it.
+3. Truncate each file to its size (a trailing hole) and set its metadata (owner, mode
+   incl. setuid/setgid/sticky, xattrs, atime/mtime in ns); create the hardlinks.
+4. Set directories' metadata, deepest first, so writing children cannot move their
    times. Sockets are skipped, as restic does.
 
 Extra entries of a directory are counted (or removed) once the walk has left it, and
 those of the target itself at the end; never in a directory whose contents could not
 be read from the snapshot, and with ``delete`` never after a refused unsafe name.
 
-Damage is reported, not fatal: a file whose blob cannot be loaded, or that cannot be
-written, is deleted and listed in :attr:`RestoreResult.errors`, and the restore goes on.
+Damage is reported, not fatal: a file whose blob cannot be loaded from any copy, or
+that cannot be written, is deleted and listed in :attr:`RestoreResult.errors`, and the
+restore goes on.
 """
 
 from __future__ import annotations
@@ -52,13 +52,14 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from corestate.errors import IntegrityError, NotFoundError, PermanentError
-from corestate.pipeline.include import IncludeFilter
 from corestate.repository.repository import Repository
+from corestate.restore import writer
+from corestate.restore.include import IncludeFilter
+from corestate.restore.writer import data_runs
 from corestate.repository.snapshot import Snapshot
 from corestate.repository.tree import Node, posix_mode
 from corestate.repository.walk import walk
@@ -68,8 +69,6 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress calls
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _NO_XATTR_SUPPORT = {errno.ENOTSUP, errno.EOPNOTSUPP}
-HOLE_BLOCK = 4096  # the unit of holes: zero blocks this size (file-aligned) are not written
-_ZERO_BLOCK = bytes(HOLE_BLOCK)
 
 
 class Overwrite(enum.Enum):
@@ -99,12 +98,15 @@ class RestoreResult:
     the snapshot's entry, ``unchanged`` files already held the snapshot's content (only
     their metadata was set), ``skipped`` were kept by the overwrite policy, ``deleted``
     extra entries were removed (a directory counts once) and ``extra`` were kept.
-    ``selected`` counts the nodes the include patterns selected (all, without them)."""
+    ``selected`` counts the nodes the include patterns selected (all, without them).
+    ``pack_reads`` is the bytes read per pack (worker processes read them, so a
+    recording backend in this process does not see it)."""
 
     files: int = 0
     dirs: int = 0
     bytes_written: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    pack_reads: dict[str, int] = field(default_factory=dict)
     replaced: int = 0
     unchanged: int = 0
     skipped: int = 0
@@ -116,38 +118,6 @@ class RestoreResult:
     def touched_existing(self) -> bool:
         """Whether the target held anything this restore replaced, kept or removed."""
         return bool(self.replaced or self.unchanged or self.skipped or self.deleted or self.extra)
-
-
-def data_runs(data: bytes, offset: int) -> Iterator[tuple[int, int]]:
-    """The ``(start, end)`` ranges of ``data`` (a blob that starts at file ``offset``)
-    that must be written: all of it but its zero blocks, so a hole that shares a blob
-    with data comes back as a hole. Blocks are :data:`HOLE_BLOCK` bytes at multiples of
-    it in the file, so what is skipped is whole file system blocks.
-
-    >>> block = bytes(HOLE_BLOCK)
-    >>> list(data_runs(b"ab" + block + block + b"cd", HOLE_BLOCK - 2))
-    [(0, 2), (8194, 8196)]
-    >>> list(data_runs(b"x" * 10, 0))
-    [(0, 10)]
-    """
-    length = len(data)
-    if data.find(_ZERO_BLOCK) < 0:
-        yield 0, length  # no zero block anywhere: the common case, found in C
-        return
-    view = memoryview(data)
-    run_start = -1
-    start = 0
-    while start < length:
-        end = min(length, start + HOLE_BLOCK - (offset + start) % HOLE_BLOCK)
-        if view[start:end] == _ZERO_BLOCK[:end - start]:
-            if run_start >= 0:
-                yield run_start, start
-                run_start = -1
-        elif run_start < 0:
-            run_start = start
-        start = end
-    if run_start >= 0:
-        yield run_start, length
 
 
 def _safe_name(name: bytes) -> bool:
@@ -177,7 +147,7 @@ class _Dir:
 
 class _Restorer:
     def __init__(self, repo: Repository, target: bytes, include: IncludeFilter | None,
-                 progress: Progress | None, workers: int, overwrite: Overwrite,
+                 progress: Progress | None, workers: int | None, overwrite: Overwrite,
                  delete: bool) -> None:
         self.repo = repo
         self.target = target
@@ -189,7 +159,7 @@ class _Restorer:
         self._target_made = False
         self._root_names: set[bytes] = set()
         self.progress = progress
-        self.workers = max(1, workers)
+        self.workers = workers
         self.result = RestoreResult()
         self.is_root = os.geteuid() == 0
         self._creds = (os.geteuid(), os.getegid())
@@ -197,13 +167,14 @@ class _Restorer:
         os.umask(self._umask)  # ... and put it back
         self._lock = threading.Lock()
         self._last_progress = 0.0
-        self._zero_blobs: dict[bytes, int] = {}  # blob id -> length, for zero blobs
+        self._plan = writer.Plan()
+        self._files: list[tuple[bytes, Node, bool]] = []  # planned: dest, node, fresh
+        self._unplanned: set[bytes] = set()  # planned files with a blob not in the index
         self._first_link: dict[tuple[int, int], bytes] = {}  # (device, inode) -> dest
         self._links: list[tuple[bytes, bytes, Node]] = []  # (dest, dest of the first link, node)
         self._failed: set[bytes] = set()  # dests whose content could not be restored
         self._stack: list[_Dir] = []
         self._dirs: list[_Dir] = []  # created, in creation order (parents first)
-        self._crashes: list[BaseException] = []
 
     # -- bookkeeping ----------------------------------------------------------------------
     def error(self, dest: bytes, message: str) -> None:
@@ -221,54 +192,45 @@ class _Restorer:
 
     # -- the walk -------------------------------------------------------------------------
     def run(self, tree_id: bytes) -> RestoreResult:
-        slots = threading.BoundedSemaphore(self.workers * 2)  # memory stays bounded
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as pool:
-            def done(future: Future[None]) -> None:
-                slots.release()
-                crash = future.exception()  # a bug, not damage: re-raised below
-                if crash is not None:
-                    self._crashes.append(crash)
-
-            for path, node in walk(self.repo, tree_id, b"/", self._descend, self._tree_error):
-                while self._stack and not path.startswith(self._stack[-1].path + b"/"):
-                    self._leave(self._stack.pop())
-                if self._stack and not self._stack[-1].enter:
-                    continue  # below a directory that failed
-                (self._stack[-1].names if self._stack else self._root_names).add(node.name)
-                dest = self.target + path
-                selected = (self.include is None or (bool(self._stack) and self._stack[-1].selected)
-                            or self.include.matches(path))
-                if not _safe_name(node.name):
-                    self.error(dest, f"refusing unsafe name {node.name!r} in the snapshot")
-                    self._sweep_ok = False
-                    if node.type == "dir":
-                        self._stack.append(_Dir(path, dest, node, False, enter=False))
-                    continue
-                if selected and node.type != "socket":
-                    self.result.selected += 1
-                if node.type == "dir":
-                    entry = _Dir(path, dest, node, selected, lost=node.subtree is None)
-                    entry.enter = selected or self.include is None or self.include.may_match_below(path)
-                    self._stack.append(entry)
-                    if selected:
-                        entry.enter = self._make_parents()
-                    continue
-                if not selected or node.type == "socket" or not self._make_parents():
-                    continue
-                if node.type == "file":
-                    if self._is_later_link(dest, node):
-                        continue
-                    slots.acquire()
-                    fresh = bool(self._stack) and self._stack[-1].fresh
-                    pool.submit(self._restore_file, dest, node, fresh).add_done_callback(done)
-                else:
-                    self._restore_special(dest, node)
-            while self._stack:
+        for path, node in walk(self.repo, tree_id, b"/", self._descend, self._tree_error):
+            while self._stack and not path.startswith(self._stack[-1].path + b"/"):
                 self._leave(self._stack.pop())
-            if self._target_existed and (self.include is None or self.result.selected):
-                self._sweep(self.target, b"", self._root_names)
-        if self._crashes:
-            raise self._crashes[0]
+            if self._stack and not self._stack[-1].enter:
+                continue  # below a directory that failed
+            (self._stack[-1].names if self._stack else self._root_names).add(node.name)
+            dest = self.target + path
+            selected = (self.include is None or (bool(self._stack) and self._stack[-1].selected)
+                        or self.include.matches(path))
+            if not _safe_name(node.name):
+                self.error(dest, f"refusing unsafe name {node.name!r} in the snapshot")
+                self._sweep_ok = False
+                if node.type == "dir":
+                    self._stack.append(_Dir(path, dest, node, False, enter=False))
+                continue
+            if selected and node.type != "socket":
+                self.result.selected += 1
+            if node.type == "dir":
+                entry = _Dir(path, dest, node, selected, lost=node.subtree is None)
+                entry.enter = selected or self.include is None or self.include.may_match_below(path)
+                self._stack.append(entry)
+                if selected:
+                    entry.enter = self._make_parents()
+                continue
+            if not selected or node.type == "socket" or not self._make_parents():
+                continue
+            if node.type == "file":
+                if not self._is_later_link(dest, node):
+                    self._plan_file(dest, node, bool(self._stack) and self._stack[-1].fresh)
+            else:
+                self._restore_special(dest, node)
+        while self._stack:
+            self._leave(self._stack.pop())
+        if self._target_existed and (self.include is None or self.result.selected):
+            self._sweep(self.target, b"", self._root_names)
+        failed, self.result.pack_reads = writer.write(
+            self.repo, self._plan, self.workers, lambda n: self.advance(nbytes=n))
+        for index, (dest, node, fresh) in enumerate(self._files):
+            self._finish_file(dest, node, fresh, failed.get(index))
         for dest, first, node in self._links:
             self._restore_link(dest, first, node)
         for entry in reversed(self._dirs):
@@ -483,12 +445,12 @@ class _Restorer:
             return
         self.advance(files=1)
 
-    def _restore_file(self, dest: bytes, node: Node, fresh: bool = False) -> None:
-        """Write one regular file (in a pool thread); on failure delete what was written.
+    def _plan_file(self, dest: bytes, node: Node, fresh: bool) -> None:
+        """Create a regular file to restore (empty) and plan its content.
 
         In a directory this restore created (``fresh``) nothing can be in the way, so
         the file is created exclusively with its final permission bits, and owner and
-        mode are only set when creating it did not already give them."""
+        mode are only set at the end when creating it did not already give them."""
         mode = posix_mode(node.mode, node.type) & 0o7777
         if not fresh and (self._keep_existing(dest, node) or self._already_restored(dest, node)):
             return
@@ -498,16 +460,39 @@ class _Restorer:
             else:
                 self._clear(dest)
                 fd = os.open(dest, _OPEN_FLAGS, 0o600)
+            os.close(fd)
         except OSError as exc:
             self._failed.add(dest)
             self.error(dest, _message("creating file", exc))
             return
+        index = self._plan.add_file(dest)
+        self._files.append((dest, node, fresh))
+        offset = 0
+        for blob_id in node.content or []:
+            where = self.repo.index.lookup(blob_id)
+            if where is None:
+                self._unplanned.add(dest)  # the fallback names what is missing
+                break
+            self._plan.place(where.pack, where.blob, index, offset)
+            offset += where.blob.plaintext_length
+
+    def _finish_file(self, dest: bytes, node: Node, fresh: bool, failed: str | None) -> None:
+        """After the plan ran: a file it could not write is written again blob by blob
+        (another copy of a damaged blob may restore it) or removed; then the file is
+        truncated to its size and its metadata set."""
+        mode = posix_mode(node.mode, node.type) & 0o7777
         message = ""
         try:
+            fd = os.open(dest, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            self._failed.add(dest)
+            self.error(dest, _message("opening the restored file", exc))
+            return
+        try:
             try:
-                size, written = self._write_content(fd, node)
-                if written != size or not fresh:  # a trailing hole, or an old longer file
-                    os.ftruncate(fd, size)
+                if failed is not None or dest in self._unplanned:
+                    self._write_content(fd, node)
+                os.ftruncate(fd, node.size)
             except (IntegrityError, NotFoundError) as exc:
                 message = exc.message
             except OSError as exc:
@@ -528,31 +513,18 @@ class _Restorer:
         else:
             self.advance(files=1)
 
-    def _write_content(self, fd: int, node: Node) -> tuple[int, int]:
-        """Write the file's blobs at their offsets, skipping zero blobs; returns its size
-        and the end of the last bytes actually written."""
+    def _write_content(self, fd: int, node: Node) -> None:
+        """Write the file's blobs at their offsets, one at a time, each from any copy
+        (the fallback for a file the plan could not write)."""
         pos = 0
-        written = 0
         for blob_id in node.content or []:
-            length = self._zero_blobs.get(blob_id)
-            if length is None:
-                data = self.repo.load_blob(blob_id)
-                length = len(data)
-                # Cheap first/last byte test before the full comparison.
-                if length and not data[0] and not data[-1] and data == bytes(length):
-                    self._zero_blobs[blob_id] = length
-                else:
-                    view = memoryview(data)
-                    for start, end in data_runs(data, pos):
-                        done = start
-                        while done < end:
-                            done += os.pwrite(fd, view[done:end], pos + done)
-                        written = pos + end
-                    del view
-                del data  # one blob per worker in memory
-            pos += length
-            self.advance(nbytes=length)
-        return pos, written
+            data = self.repo.load_blob(blob_id)
+            view = memoryview(data)
+            for start, end in data_runs(data, pos):
+                while start < end:
+                    start += os.pwrite(fd, view[start:end], pos + start)
+            del view
+            pos += len(data)
 
     # -- metadata ---------------------------------------------------------------------------
     def _set_metadata(self, dest: bytes, node: Node, fd: int | None = None,
@@ -605,14 +577,15 @@ def _lstat(path: bytes) -> os.stat_result | None:
 
 def restore(repo: Repository, snapshot: Snapshot, target: str,
             include: list[str] | None = None, progress: Progress | None = None,
-            workers: int = 4, overwrite: Overwrite = Overwrite.ALWAYS,
+            workers: int | None = None, overwrite: Overwrite = Overwrite.ALWAYS,
             delete: bool = False) -> RestoreResult:
     """Restore ``snapshot`` below the directory ``target`` (created when something is
     selected and it is missing).
 
     ``include`` restricts the restore to matching snapshot paths (see
     :class:`IncludeFilter`); ``progress(files_done, bytes_done)`` is called now and
-    then from any thread, and once at the end; ``workers`` files are written at once.
+    then, and once at the end; ``workers`` worker processes write the content (default:
+    one per core; 0: this process).
     Existing entries are dealt with by ``overwrite``; extra entries are kept, or
     removed with ``delete``. Raises only if the snapshot's root tree cannot be read or
     the target cannot be created; everything else that fails is in the result's
@@ -625,4 +598,4 @@ def restore(repo: Repository, snapshot: Snapshot, target: str,
     return restorer.run(snapshot.tree)
 
 
-__all__ = ["IncludeFilter", "Overwrite", "RestoreResult", "restore", "walk"]
+__all__ = ["Overwrite", "RestoreResult", "restore"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from corestate.connectors.local import LocalBackend
-from corestate.pipeline.restore import RestoreResult, restore
+from corestate.restore import RestoreResult, restore
 from corestate.repository.repository import Repository
 from corestate.repository.walk import find_node, walk
 
