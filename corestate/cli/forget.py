@@ -8,10 +8,13 @@ from rich.table import Table
 from corestate.cli.context import Context, pass_ctx
 from corestate.cli.main import cli
 from corestate.cli.prune import phase_bars, print_report
-from corestate.errors import PermanentError
+from corestate.errors import IntegrityError, PermanentError
 from corestate.maintenance import forget as forgetting
 from corestate.maintenance import prune as pruning
 from corestate.maintenance.listing import local_time
+from corestate.repository.backend import Kind
+from corestate.repository.repository import Repository
+from corestate.repository.snapshot import Snapshot
 
 
 def _table(ctx: Context, title: str, decisions: list[forgetting.Decision]) -> None:
@@ -42,6 +45,17 @@ def _show_groups(ctx: Context, policy: forgetting.Policy, groups: list[forgettin
             _table(ctx, f"keep {len(keep)} snapshots:", keep)
             if remove:
                 _table(ctx, f"remove {len(remove)} snapshots:", remove)
+
+
+def _snapshot_or_file(ctx: Context, repo: Repository, ref: str) -> Snapshot:
+    """The snapshot ``ref`` names; for a snapshot file that cannot be loaded, a stand-in
+    carrying only its id, so that `forget ID` can still remove a damaged file."""
+    try:
+        return repo.find_snapshot(ref)
+    except IntegrityError as exc:
+        snap_id = repo.resolve(Kind.SNAPSHOTS, ref)
+        ctx.warn(f"snapshot {snap_id[:8]} cannot be loaded ({exc}); its file is removed as is")
+        return Snapshot(time=0, tree=b"", paths=[], hostname="", username="", id=snap_id)
 
 
 @cli.command()
@@ -100,7 +114,8 @@ def forget(ctx: Context, snapshot_ids: tuple[str, ...], keep_last: int, keep_hou
     repo = ctx.open_repo()
     with repo.locked(exclusive=True), phase_bars(ctx) as progress:
         if snapshot_ids:
-            snaps = list({s.id: s for s in map(repo.find_snapshot, snapshot_ids)}.values())
+            snaps = list({s.id: s for s in (_snapshot_or_file(ctx, repo, ref)
+                                            for ref in snapshot_ids)}.values())
             protected = forgetting.load_protected(repo)
             for s in snaps:
                 if forgetting.is_protected(s.id, protected):
@@ -111,7 +126,8 @@ def forget(ctx: Context, snapshot_ids: tuple[str, ...], keep_last: int, keep_hou
                 forgetting.Decision(s, False) for s in snaps])]
             doomed = [s.id for s in snaps]
         else:
-            result = forgetting.forget(repo, policy, host, fields, dry_run, progress)
+            result = forgetting.forget(repo, policy, host, fields, dry_run, progress,
+                                       ctx.damaged_snapshot)
             groups, doomed, removed = result.groups, result.removed, result.removed
         report = None
         if then_prune:

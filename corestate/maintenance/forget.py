@@ -32,7 +32,7 @@ import orjson
 from corestate.errors import CoreStateError, NotFoundError, PermanentError
 from corestate.maintenance import ProgressFn, no_progress
 from corestate.repository.backend import Kind
-from corestate.repository.repository import Repository
+from corestate.repository.repository import OnDamaged, Repository
 from corestate.repository.snapshot import Snapshot
 
 PROTECTED_SIDECAR = "protected"
@@ -234,11 +234,14 @@ def remove_snapshots(repo: Repository, snaps: Iterable[Snapshot], protected: Seq
 
 def forget(repo: Repository, policy: Policy, host: str | None = None,
            group_by: Sequence[str] = DEFAULT_GROUP_BY, dry_run: bool = False,
-           progress: ProgressFn = no_progress) -> ForgetResult:
+           progress: ProgressFn = no_progress, on_damaged: OnDamaged | None = None
+           ) -> ForgetResult:
     """Apply ``policy`` to the snapshots (of ``host`` if given) and delete the ones it
-    does not keep. The caller holds the exclusive lock (``repo.locked(exclusive=True)``)."""
+    does not keep. The caller holds the exclusive lock (``repo.locked(exclusive=True)``).
+    Snapshot files that cannot be loaded go to ``on_damaged`` and are left alone (as
+    restic does); without it they raise."""
     protected = load_protected(repo)
-    snaps = [s for s in repo.list_snapshots() if host is None or s.hostname == host]
+    snaps = [s for s in repo.list_snapshots(on_damaged) if host is None or s.hostname == host]
     groups = plan(snaps, policy, protected, group_by)
     doomed = [s for g in groups for s in g.remove]
     if dry_run:

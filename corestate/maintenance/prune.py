@@ -335,7 +335,11 @@ def prune(repo: Repository, opts: PruneOptions | None = None, progress: Progress
 def _prune(repo: Repository, opts: PruneOptions, progress: ProgressFn) -> PruneReport:
     report = PruneReport(dry_run=opts.dry_run)
     repo.load_index()
-    snaps = repo.list_snapshots()
+    try:
+        snaps = repo.list_snapshots()
+    except IntegrityError as exc:  # what it uses is unknown: deleting anything could lose it
+        raise IntegrityError(f"{exc}; nothing was deleted (if that snapshot is beyond repair, "
+                             "`corestate forget ID` removes its file)") from None
     table = ordinals.load_table(repo)
     usages = snapshot_usage(repo, snaps, table, store=not opts.dry_run, progress=progress)
     used = blob_ids(table, union(usages))

@@ -4,6 +4,7 @@ and go on with the intact ones, as restic does."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -47,7 +48,19 @@ def test_snapshots_lists_the_intact_ones_and_names_the_damaged(tmp_path, coresta
         assert f"warning: snapshot {old[:8]} skipped" in proc.stderr, command
 
 
-def test_prune_refuses_rather_than_guess_what_a_damaged_snapshot_uses(tmp_path, corestate):
-    repo, _, old, _ = _two_snapshots(tmp_path, corestate, "flip")
+@pytest.mark.restic
+def test_prune_refuses_until_the_damaged_snapshot_is_forgotten(tmp_path, corestate, restic):
+    repo, _, old, new = _two_snapshots(tmp_path, corestate, "flip")
     proc = corestate("prune", "--repo", str(repo), check=False)
     assert proc.returncode == 1 and old[:16] in proc.stderr and "Traceback" not in proc.stderr
+    assert "`corestate forget ID` removes its file" in proc.stderr
+    # a policy leaves the damaged file alone, with a warning (restic's behaviour) ...
+    kept = corestate("forget", "--keep-last", "1", "--repo", str(repo))
+    assert f"warning: snapshot {old[:8]} skipped" in kept.stderr
+    assert os.path.exists(repo / "snapshots" / old)
+    # ... and naming it removes it; then prune and restic's check are content
+    gone = corestate("forget", old[:8], "--repo", str(repo))
+    assert f"snapshot {old[:8]} cannot be loaded" in gone.stderr
+    assert os.listdir(repo / "snapshots") == [new]
+    corestate("prune", "--repo", str(repo))
+    restic("-r", str(repo), "check", "--read-data")
