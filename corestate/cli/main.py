@@ -23,15 +23,33 @@ from corestate import __version__
 from corestate.cli.context import Context
 from corestate.errors import CoreStateError
 
-COMMANDS = ("repo", "config", "backup", "protect", "snapshots", "restore", "ls", "find", "check",
-            "forget", "prune", "repair", "stats", "diff", "tiering", "alerts", "topics", "agent",
-            "worker")
+# Command name -> the module that defines it. A module is imported only when one of its
+# commands runs (or `--help` lists them all), so a command starts without loading the
+# others' dependencies.
+COMMANDS = {"init": "repo", "key": "repo", "unlock": "repo", "config": "config",
+            "backup": "backup", "protect": "protect", "snapshots": "snapshots",
+            "restore": "restore", "ls": "ls", "find": "find", "check": "check",
+            "forget": "forget", "prune": "prune", "repair": "repair", "stats": "stats",
+            "diff": "diff", "tiering": "tiering", "alerts": "alerts", "topics": "topics",
+            "agent": "agent", "worker": "worker"}
 
 
 class CommandGroup(click.Group):
-    """A command group whose unknown-command error names the nearest command."""
+    """A command group whose unknown-command error names the nearest command; the top
+    group imports a command's module when the command is asked for (:data:`COMMANDS`)."""
 
     group_class = type  # subgroups (key, topics, alerts...) are CommandGroups too
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if self is cli and cmd_name not in self.commands and cmd_name in COMMANDS:
+            _load(COMMANDS[cmd_name])
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(self.commands)
+        if self is cli:
+            names |= set(COMMANDS)
+        return sorted(names)
 
     def resolve_command(self, ctx: click.Context, args: list[str]
                         ) -> tuple[str | None, click.Command | None, list[str]]:
@@ -92,7 +110,7 @@ def cli(ctx: click.Context, repo_url: str | None, password_file: str | None, jso
 
     Exit codes: 0 success; 1 error; 2 usage error (unknown command or option, missing
     or bad argument); 3 backup saved but some files could not be read; 130
-    interrupted. Errors are one line on stderr.
+    interrupted (Ctrl-C); 143 terminated (SIGTERM). Errors are one line on stderr.
     """
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -128,24 +146,18 @@ def _add_common(group: click.Group) -> None:
             cmd.params.extend(_common_params())
 
 
-_registered = False
+def _load(module: str) -> None:
+    """Import a command module (it adds its commands to :data:`cli`)."""
+    import importlib
+
+    importlib.import_module(f"corestate.cli.{module}")
+    _add_common(cli)
 
 
 def _register() -> None:
-    """Import every command module (each adds itself to :data:`cli`)."""
-    global _registered
-    if _registered:
-        return
-    import importlib
-
-    for name in COMMANDS:
-        try:
-            importlib.import_module(f"corestate.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"corestate.cli.{name}":
-                raise
-    _add_common(cli)
-    _registered = True
+    """Import every command module."""
+    for module in sorted(set(COMMANDS.values())):
+        _load(module)
 
 
 def _tune_malloc() -> None:
@@ -174,7 +186,6 @@ def _terminate(signum: int, frame: types.FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     _tune_malloc()
-    _register()
     signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=argv, prog_name="corestate", standalone_mode=False)
