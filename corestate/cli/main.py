@@ -22,6 +22,7 @@ import click
 from corestate import __version__
 from corestate.cli.context import Context
 from corestate.errors import CoreStateError
+from corestate.kernel.memory import tune_malloc
 
 # Command name -> the module that defines it. A module is imported only when one of its
 # commands runs (or `--help` lists them all), so a command starts without loading the
@@ -160,32 +161,8 @@ def _register() -> None:
         _load(module)
 
 
-def _tune_malloc() -> None:
-    """Keep big buffers (chunks, packs) out of glibc's per-thread arenas: with its
-    dynamic mmap threshold they fragment the heap and RSS grows far past what is live."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        # M_MMAP_THRESHOLD fixed at 1 MiB: chunk-sized buffers and larger are mapped and
-        # returned on free (measured: peak RSS 190 -> 116 MB, +10% CPU in page faults).
-        libc.mallopt(-3, 1024 * 1024)
-        libc.mallopt(-8, 1)  # M_ARENA_MAX: worker threads share one arena
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
-class Terminated(BaseException):
-    """Raised in the main thread by SIGTERM, so that clean-up (``finally``, ``with``)
-    runs as for Ctrl-C; not an Exception, so nothing on the way swallows it."""
-
-
-def _terminate(signum: int, frame: types.FrameType | None) -> None:
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> None:
-    _tune_malloc()
+    tune_malloc()
     signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=argv, prog_name="corestate", standalone_mode=False)

@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from corestate.errors import CoreStateError, PermanentError
+from corestate.kernel.memory import tune_malloc
 
 Replies = queue.SimpleQueue[tuple[int, list[Any]]]
 
@@ -69,6 +70,7 @@ def serve(fd: int) -> None:
     told to stop (None) or the main process goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
     _die_with_parent()
+    tune_malloc()
     conn = Connection(fd)
     handler: Handler | None = None
     index = -1
