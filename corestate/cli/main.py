@@ -161,6 +161,15 @@ def _register() -> None:
         _load(module)
 
 
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so that clean-up (``finally``, ``with``)
+    runs as for Ctrl-C; not an Exception, so nothing on the way swallows it."""
+
+
+def _terminate(signum: int, frame: types.FrameType | None) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     tune_malloc()
     signal.signal(signal.SIGTERM, _terminate)
