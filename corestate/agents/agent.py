@@ -61,7 +61,8 @@ from corestate.errors import PermanentError, RetryableError
 from corestate.kernel.reflink import CLONE_PREFIX
 from corestate.kernel.watch import ChangeBatch
 from corestate.pipeline.assemble import meta_from_node
-from corestate.pipeline.capture import ExcludeMatcher, node_from_stat, read_consistently
+from corestate.pipeline.capture import (EntryChanged, ExcludeMatcher, Sources, node_from_stat,
+                                        read_consistently)
 from corestate.schemas.events import (MAX_SEGMENT, DataSegment, Delete, Event, FileBegin,
                                       FileEnd, SnapshotCommitted, SnapshotMarker)
 
@@ -140,6 +141,7 @@ class _Scanner:
                  excludes: list[str] | None, summary: ScanSummary) -> None:
         self.host, self.snapshot_id, self.send, self.summary = host, snapshot_id, send, summary
         self.matcher = ExcludeMatcher(excludes or [])
+        self.sources: Sources | None = None  # set by _start_run
         self.done: set[bytes] = set()
 
     def entry(self, path: bytes) -> os.stat_result | None:
@@ -163,8 +165,14 @@ class _Scanner:
                          consistent=True))
             return st
         sent = [0, 0]  # segments, bytes of the current read
+        begun = node.inode
 
         def consume(fd: int, _st: os.stat_result) -> None:
+            nonlocal begun
+            if node.inode != begun:  # another file was put there: announce that one
+                begun = node.inode
+                send(FileBegin(host=host, snapshot_id=snapshot_id, path=path,
+                               node=meta_from_node(node)))
             sent[0] = sent[1] = 0
             while True:
                 data = os.read(fd, MAX_SEGMENT)
@@ -176,8 +184,14 @@ class _Scanner:
                 sent[1] += len(data)
 
         try:
-            outcome = read_consistently(path, consume)
+            outcome = read_consistently(path, consume, scanned=node, sources=self.sources)
         except OSError as exc:
+            if isinstance(exc, EntryChanged) and exc.node is not None:  # as what it is now
+                send(FileBegin(host=host, snapshot_id=snapshot_id, path=path,
+                               node=meta_from_node(exc.node)))
+                send(FileEnd(host=host, snapshot_id=snapshot_id, path=path, size=0, segments=0,
+                             consistent=True))
+                return None
             summary.errors.append((os.fsdecode(path), exc.strerror or str(exc)))
             send(Delete(host=host, snapshot_id=snapshot_id, path=path))  # withdraw the entry
             return None
@@ -237,6 +251,7 @@ def _start_run(paths: list[str], host: str, snapshot_id: str, send: Callable[[Ev
                        summary if summary is not None else ScanSummary(snapshot_id=snapshot_id))
     roots = _roots(paths)
     _check_roots(roots)
+    scanner.sources = Sources(roots)
     for root in roots:
         for anc in _ancestors(root):
             scanner.once(anc)

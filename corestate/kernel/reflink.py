@@ -114,6 +114,11 @@ def _clone(src: int, directory: bytes, dev: int) -> int | None:
             return None
         raise
     try:
+        if os.fstat(dst).st_dev != dev:
+            # ``directory`` is not on the source's filesystem (it was replaced by a
+            # symlink meanwhile): nothing learnt about ``dev``.
+            os.close(dst)
+            return None
         fcntl.ioctl(dst, FICLONE, src)
     except OSError as e:
         os.close(dst)
@@ -133,26 +138,24 @@ def _clone(src: int, directory: bytes, dev: int) -> int | None:
 
 
 @contextmanager
-def clone_for_read(path: bytes) -> Iterator[int | None]:
-    """Yield a read fd of a reflink clone of the regular file ``path``, or None.
+def clone_for_read(src: int, directory: bytes) -> Iterator[int | None]:
+    """Yield a read fd of a reflink clone of the open file ``src``, or None.
 
-    None means "read the live file and verify it" (see the module docstring): the
-    filesystem cannot clone, the path is not a regular file, or the clone could not be
-    created here (read-only mount or directory, full disk). The clone is closed, and
-    therefore freed, when the block exits. Errors opening ``path`` itself (it vanished,
-    permission denied) and I/O errors propagate as :class:`OSError`.
+    ``src`` is a descriptor the caller opened and checked (a path would be opened again,
+    and could name another file by then: see :func:`corestate.pipeline.capture.open_scanned`);
+    ``directory`` is where it was found, for the short-lived clone file. None means "read
+    the live file and verify it" (see the module docstring): the filesystem cannot clone,
+    ``src`` is not a regular file, or the clone could not be created here (read-only
+    mount or directory, full disk, a directory on another filesystem). The clone is
+    closed, and therefore freed, when the block exits. I/O errors propagate as
+    :class:`OSError`.
 
     The clone has its own inode number and times; take metadata from the source.
     """
-    src = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    st = os.fstat(src)
     clone: int | None = None
-    try:
-        st = os.fstat(src)
-        if stat.S_ISREG(st.st_mode) and _reflinks.get(st.st_dev) is not False:
-            directory = os.path.dirname(path) or b"."
-            clone = _clone(src, directory, st.st_dev)
-    finally:
-        os.close(src)
+    if stat.S_ISREG(st.st_mode) and _reflinks.get(st.st_dev) is not False:
+        clone = _clone(src, directory or b".", st.st_dev)
     try:
         yield clone
     finally:

@@ -41,8 +41,8 @@ from corestate.errors import CoreStateError
 from corestate.kernel import blockmap
 from corestate.kernel.blockmap import BlockMap, BlockMapStore
 from corestate.pipeline import dedup as dedupmod
-from corestate.pipeline.capture import (ExcludeMatcher, node_from_stat, read_consistently,
-                                        unchanged)
+from corestate.pipeline.capture import (EntryChanged, ExcludeMatcher, Sources, node_from_stat,
+                                        read_consistently, unchanged)
 from corestate.pipeline.chunk import chunk_stream
 from corestate.pipeline.packer import Packer
 from corestate.repository.pack import BlobType
@@ -144,6 +144,7 @@ class _Run:
         self.progress = progress
         self.summary = BackupSummary()
         self.excludes = ExcludeMatcher(opts.excludes)
+        self.sources = Sources(opts.paths)
         self.packer = Packer(repo)
         if cache.table is None or cache.dedup is None:
             cache.table = dedupmod.load_table(repo)
@@ -268,8 +269,11 @@ class _Run:
                     io.FileIO(fd, closefd=False), size_hint=st.st_size))
 
         try:
-            outcome = read_consistently(path, consume, node.device_id)
+            outcome = read_consistently(path, consume, node.device_id, scanned=node,
+                                        sources=self.sources)
         except OSError as exc:
+            if isinstance(exc, EntryChanged) and exc.node is not None:
+                return exc.node, None  # replaced meanwhile: taken as what it is now
             if isinstance(exc, FileNotFoundError):
                 return None  # deleted since it was listed
             self._error(path, exc)
@@ -300,6 +304,7 @@ class _Run:
         store = self.opts.block_store
         prev = store.load(st.st_dev, st.st_ino) if store is not None else None
         usable = (prev is not None and old is not None and old.content is not None
+                  and (old.device_id, old.inode) == (st.st_dev, st.st_ino)
                   and prev.block_size == size and prev.size == old.size
                   and prev.mtime_ns == old.mtime
                   and len(old.content) == blockmap.block_count(old.size, size))
