@@ -41,8 +41,8 @@ from corestate.errors import CoreStateError
 from corestate.kernel import blockmap
 from corestate.kernel.blockmap import BlockMap, BlockMapStore
 from corestate.pipeline import dedup as dedupmod
-from corestate.pipeline.capture import (EntryChanged, ExcludeMatcher, Sources, node_from_stat,
-                                        read_consistently, unchanged)
+from corestate.pipeline.capture import (EntryChanged, ExcludeMatcher, Sources, inside_repository,
+                                        node_from_stat, read_consistently, unchanged)
 from corestate.pipeline.chunk import chunk_stream
 from corestate.pipeline.packer import Packer
 from corestate.repository.pack import BlobType
@@ -518,6 +518,9 @@ def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = No
     for p in paths:
         if not os.path.lexists(p):
             raise CoreStateError(f"{p}: no such file or directory")
+        if inside_repository(p, repo.backend.location()):
+            raise CoreStateError(f"{p} is inside the repository {repo.backend.location()}: "
+                                 "a repository cannot hold a backup of its own directory")
     with repo.locked(exclusive=False):
         cache = cache if cache is not None else BackupCache()
         if repo.refresh_index() or cache.table is None:

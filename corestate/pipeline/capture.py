@@ -123,6 +123,26 @@ def _xattrs(path: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
+def inside_repository(path: str, location: str) -> bool:
+    """Whether ``path`` is, or lies inside, the repository kept in the directory
+    ``location`` (a remote repository's location is no directory here: False).
+
+    Such a path cannot be backed up into that repository: the walk leaves the
+    repository out (else every backup would store the packs of the one before), so its
+    snapshot would hold none of its files. A symlink there, being recorded and not
+    followed, is not inside.
+
+    >>> [inside_repository(p, r) for p, r in [("/etc/x", "/etc"), ("/etcx", "/etc"), ("/a", "s3:b")]]
+    [True, False, False]
+    """
+    if not os.path.isabs(location) or not os.path.isdir(location):
+        return False
+    repo = os.path.realpath(location)
+    parent, name = os.path.split(os.path.abspath(path))
+    real = os.path.join(os.path.realpath(parent), name)
+    return real == repo or real.startswith(repo.rstrip("/") + "/")
+
+
 def node_from_stat(name: bytes, path: bytes, st: os.stat_result) -> Node:
     """A tree node for an entry (without ``content``/``subtree``, filled in later)."""
     ntype = node_type(st.st_mode)
