@@ -58,11 +58,11 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from corestate.errors import PermanentError, RetryableError
-from corestate.kernel.reflink import CLONE_PREFIX
+from corestate.kernel.reflink import own_temp
 from corestate.kernel.watch import ChangeBatch
 from corestate.pipeline.assemble import meta_from_node
-from corestate.pipeline.capture import (EntryChanged, ExcludeMatcher, Sources, node_from_stat,
-                                        read_consistently)
+from corestate.pipeline.capture import (EntryChanged, ExcludeMatcher, Sources, list_names,
+                                        node_from_stat, read_consistently)
 from corestate.schemas.events import (MAX_SEGMENT, DataSegment, Delete, Event, FileBegin,
                                       FileEnd, SnapshotCommitted, SnapshotMarker)
 
@@ -209,8 +209,7 @@ class _Scanner:
 
     def _names(self, path: bytes) -> list[bytes] | None:
         try:
-            with os.scandir(path) as it:
-                return sorted(os.fsencode(e.name) for e in it)
+            return list_names(path, sources=self.sources)
         except OSError as exc:
             self.summary.errors.append((os.fsdecode(path), exc.strerror or str(exc)))
             return None
@@ -293,16 +292,10 @@ def scan_changes(paths: list[str], host: str, snapshot_id: str, send: Callable[[
 def without_own_reads(batch: ChangeBatch) -> ChangeBatch | None:
     """``batch`` without the events of the agent's own consistent reads: a reflink clone
     is an unlinked temporary file in the file's directory (``O_TMPFILE``, which fanotify
-    names ``#<inode>``, or a ``.corestate-clone-*`` name unlinked at once). None if
+    names ``#<inode>``, or a ``.corestate-clone-*`` name unlinked at once; see
+    :func:`~corestate.kernel.reflink.own_temp`). None if
     nothing else is left. Else every run that reads a file would cause another run."""
-    def own(path: bytes, kinds: set[str]) -> bool:
-        name = os.path.basename(path)
-        if name.startswith(CLONE_PREFIX):
-            return True
-        return (name[:1] == b"#" and name[1:].isdigit()
-                and not kinds & {"create", "delete", "move_from", "move_to"})
-
-    kept = {p: k for p, k in batch.kinds.items() if not own(p, k)}
+    kept = {p: k for p, k in batch.kinds.items() if not own_temp(os.path.basename(p))}
     if len(kept) == len(batch.kinds):
         return batch
     if not kept and not batch.overflow:

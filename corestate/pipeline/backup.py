@@ -42,7 +42,8 @@ from corestate.kernel import blockmap
 from corestate.kernel.blockmap import BlockMap, BlockMapStore
 from corestate.pipeline import dedup as dedupmod
 from corestate.pipeline.capture import (EntryChanged, ExcludeMatcher, Sources, inside_repository,
-                                        node_from_stat, read_consistently, unchanged)
+                                        list_names, node_from_stat, read_consistently,
+                                        unchanged)
 from corestate.pipeline.chunk import chunk_stream
 from corestate.pipeline.packer import Packer
 from corestate.repository.pack import BlobType
@@ -76,6 +77,8 @@ class BackupOptions:
     block_threshold: int = 64 * 1024 * 1024
     block_size: int = blockmap.DEFAULT_BLOCK_SIZE
     block_store: BlockMapStore | None = None
+    # Save no snapshot if the tree equals the parent's (protect: no snapshot without a change).
+    skip_unchanged: bool = False
 
 
 @dataclass
@@ -96,6 +99,8 @@ class BackupSummary:
     total_duration: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)
     inconsistent: list[str] = field(default_factory=list)
+    full_scan: bool = True  # every directory was listed (no dirty set, or not trusted)
+    skipped: bool = False  # skip_unchanged and nothing changed: snapshot_id is the parent's
 
     @property
     def complete(self) -> bool:
@@ -128,12 +133,16 @@ class BackupCache:
     ordinal table and dedup index, and the last snapshot (the next one's parent).
 
     The index is refreshed at every backup; if prune rewrote it, everything cached
-    about blobs is dropped and rebuilt."""
+    about blobs is dropped and rebuilt. ``made`` is the id of the last snapshot made
+    with this cache: the dirty directories a watcher reports are changes since it, so
+    if the parent found is another (it was forgotten and pruned), they say nothing and
+    the backup lists every directory."""
 
     subtree_bitmaps: dict[bytes, BitMap] = field(default_factory=dict)
     table: dedupmod.OrdinalTable | None = None
     dedup: dedupmod.DedupIndex | None = None
     parent: Snapshot | None = None
+    made: str | None = None
 
 
 class _Run:
@@ -390,8 +399,7 @@ class _Run:
         else:
             if only is None:
                 try:
-                    with os.scandir(path) as it:
-                        names = sorted(e.name for e in it)
+                    names = list_names(path, node, self.sources)
                 except OSError as exc:
                     self._error(path, exc)
                     names = []
@@ -526,9 +534,12 @@ def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = No
         if repo.refresh_index() or cache.table is None:
             repo.adopt_orphan_packs()  # packs of a killed backup: reuse their blobs
             cache.subtree_bitmaps, cache.table, cache.dedup, cache.parent = {}, None, None, None
-        run = _Run(repo, opts, progress, cache)
         parent = cache.parent if cache.parent is not None and not opts.parent \
             and cache.parent.paths == paths else find_parent(repo, opts, paths)
+        if opts.dirty_dirs is not None and (parent is None or parent.id != cache.made):
+            opts = replace(opts, dirty_dirs=None, rescan=frozenset())
+        run = _Run(repo, opts, progress, cache)
+        run.summary.full_scan = opts.dirty_dirs is None
         root_old = Node(name=b"", type="dir", subtree=parent.tree) if parent else None
         # The walk recurses once per directory level: give it room for trees nested as
         # deep as PATH_MAX allows (~2000 levels).
@@ -555,12 +566,16 @@ def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = No
         snap = Snapshot(time=opts.time_ns or now_ns(), tree=root_node.subtree, paths=paths,
                         hostname=opts.hostname, tags=list(opts.tags),
                         excludes=list(opts.excludes), parent=parent.id if parent else None)
-        snap_id = repo.save_snapshot(snap)
-        dedupmod.save_bitmap(repo, snap_id, root_bitmap, run.table)
+        if opts.skip_unchanged and parent is not None and parent.tree == snap.tree:
+            snap, run.summary.skipped = parent, True
+        else:
+            repo.save_snapshot(snap)
+            dedupmod.save_bitmap(repo, snap.id, root_bitmap, run.table)
         cache.subtree_bitmaps = run.bitmaps
         cache.parent = snap
+        cache.made = snap.id
     summary = run.summary
-    summary.snapshot_id = snap_id
-    summary.parent = snap.parent
+    summary.snapshot_id = snap.id
+    summary.parent = parent.id if parent else None
     summary.total_duration = time.monotonic() - started
     return summary

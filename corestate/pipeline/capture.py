@@ -238,17 +238,17 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_C
 _LEASE_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # a write lease: its holder gets time to let go
 
 
-def _open(path: bytes) -> int:
-    """Open ``path`` with :data:`_OPEN_FLAGS`, without touching its atime where allowed
+def _open(path: bytes, flags: int = _OPEN_FLAGS) -> int:
+    """Open ``path`` with ``flags``, without touching its atime where allowed
     (``O_NOATIME`` needs ownership or CAP_FOWNER: EPERM otherwise)."""
     for wait in (*_LEASE_WAITS, None):
         try:
             try:
-                return os.open(path, _OPEN_FLAGS | os.O_NOATIME)
+                return os.open(path, flags | os.O_NOATIME)
             except PermissionError as exc:
                 if exc.errno != errno.EPERM:
                     raise
-                return os.open(path, _OPEN_FLAGS)
+                return os.open(path, flags)
         except BlockingIOError:  # another process holds a write lease on it
             if wait is None:
                 raise
@@ -305,6 +305,39 @@ def open_scanned(path: bytes, dev: int, ino: int, sources: Sources | None = None
         os.close(fd)
         raise
     return fd, st
+
+
+def list_names(path: bytes, scanned: Node | None = None, sources: Sources | None = None
+               ) -> list[bytes]:
+    """The entry names of the directory ``path``, sorted, listed without touching its
+    atime where allowed (the listing must not itself change what the next snapshot
+    records) and without following a symlink put in its place.
+
+    With ``scanned`` (its node from the scan), it must still be that directory; with
+    ``sources``, it must really be where ``path`` says (see :class:`Sources`).
+    :class:`EntryChanged` otherwise; OSError where it cannot be listed."""
+    try:
+        fd = _open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK
+                   | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise EntryChanged(path, "no longer a directory when it was listed; not "
+                               "saved") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if scanned is not None and (st.st_dev, st.st_ino) != (scanned.device_id, scanned.inode):
+            raise EntryChanged(path, "replaced by another directory before it was listed; "
+                               "not saved")
+        expected = sources.real(path) if sources is not None else None
+        where = _where(fd) if expected is not None else None
+        if where is not None and where != expected:
+            raise EntryChanged(path, "a directory above it was replaced by a symlink while "
+                               "it was listed; not saved")
+        with os.scandir(fd) as it:
+            return sorted(os.fsencode(e.name) for e in it)
+    finally:
+        os.close(fd)
 
 
 def _refresh(node: Node, fresh: Node) -> None:

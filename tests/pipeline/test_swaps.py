@@ -240,16 +240,35 @@ def test_directory_above_replaced_by_a_symlink_after_the_scan(tmp_path, secret, 
 
 
 def test_directory_replaced_by_a_symlink_before_it_is_listed(tmp_path, secret, monkeypatch):
-    """The walker saw d as a directory, then lists it through the symlink put there:
-    whatever it finds there, no root-only content is read."""
+    """The walker saw d as a directory; by the time it lists d, d is a symlink to a
+    root-only directory: neither its files nor their names are saved."""
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
     (src / "d" / "f").write_bytes(b"harmless")
     secret_dir, token = secret
+    (secret_dir / "root-only-name").write_bytes(b"")
     _after_scan(monkeypatch, backup_mod, src / "d", _to_symlink(src / "d", secret_dir))
     summary = backup(_repo(tmp_path), BackupOptions(paths=[str(src)]))
-    assert token not in _stored(tmp_path)
-    assert summary.errors and all("replaced by a symlink" in m for _, m in summary.errors)
+    stored = _stored(tmp_path)
+    assert token not in stored and b"root-only-name" not in stored
+    assert [p for p, _ in summary.errors] == [str(src / "d")], summary.errors
+    assert "no longer a directory" in summary.errors[0][1]
+
+
+def test_directory_above_a_directory_replaced_before_it_is_listed(tmp_path, secret,
+                                                                  monkeypatch):
+    """src/d/e was scanned as a directory; then d becomes a symlink to a root-only
+    directory that has an e too: e is not listed there."""
+    src = tmp_path / "src"
+    (src / "d" / "e").mkdir(parents=True)
+    secret_dir, token = secret
+    (secret_dir / "e").mkdir()
+    (secret_dir / "e" / "root-only-name").write_bytes(token)
+    _after_scan(monkeypatch, backup_mod, src / "d" / "e", _to_symlink(src / "d", secret_dir))
+    summary = backup(_repo(tmp_path), BackupOptions(paths=[str(src)]))
+    stored = _stored(tmp_path)
+    assert token not in stored and b"root-only-name" not in stored
+    assert [p for p, _ in summary.errors] == [str(src / "d" / "e")], summary.errors
 
 
 # -- the Kafka agent's reads ---------------------------------------------------------
