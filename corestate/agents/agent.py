@@ -57,10 +57,11 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from corestate.errors import PermanentError, RetryableError
-from corestate.kernel.reflink import CLONE_PREFIX
+from corestate.kernel.reflink import own_temp
 from corestate.kernel.watch import ChangeBatch
 from corestate.pipeline.assemble import meta_from_node
-from corestate.pipeline.capture import ExcludeMatcher, node_from_stat, read_consistently
+from corestate.pipeline.capture import (EntryChanged, ExcludeMatcher, Sources, list_names,
+                                        node_from_stat, read_consistently)
 from corestate.schemas.events import (MAX_SEGMENT, DataSegment, Delete, Event, FileBegin,
                                       FileEnd, SnapshotCommitted, SnapshotMarker)
 
@@ -138,6 +139,7 @@ class _Scanner:
                  excludes: list[str] | None, summary: ScanSummary) -> None:
         self.host, self.snapshot_id, self.send, self.summary = host, snapshot_id, send, summary
         self.matcher = ExcludeMatcher(excludes or [])
+        self.sources: Sources | None = None  # set by _start_run
         self.done: set[bytes] = set()
 
     def entry(self, path: bytes) -> os.stat_result | None:
@@ -161,8 +163,14 @@ class _Scanner:
                          consistent=True))
             return st
         sent = [0, 0]  # segments, bytes of the current read
+        begun = node.inode
 
         def consume(fd: int, _st: os.stat_result) -> None:
+            nonlocal begun
+            if node.inode != begun:  # another file was put there: announce that one
+                begun = node.inode
+                send(FileBegin(host=host, snapshot_id=snapshot_id, path=path,
+                               node=meta_from_node(node)))
             sent[0] = sent[1] = 0
             while True:
                 data = os.read(fd, MAX_SEGMENT)
@@ -174,8 +182,14 @@ class _Scanner:
                 sent[1] += len(data)
 
         try:
-            outcome = read_consistently(path, consume)
+            outcome = read_consistently(path, consume, scanned=node, sources=self.sources)
         except OSError as exc:
+            if isinstance(exc, EntryChanged) and exc.node is not None:  # as what it is now
+                send(FileBegin(host=host, snapshot_id=snapshot_id, path=path,
+                               node=meta_from_node(exc.node)))
+                send(FileEnd(host=host, snapshot_id=snapshot_id, path=path, size=0, segments=0,
+                             consistent=True))
+                return None
             summary.errors.append((os.fsdecode(path), exc.strerror or str(exc)))
             send(Delete(host=host, snapshot_id=snapshot_id, path=path))  # withdraw the entry
             return None
@@ -193,8 +207,7 @@ class _Scanner:
 
     def _names(self, path: bytes) -> list[bytes] | None:
         try:
-            with os.scandir(path) as it:
-                return sorted(os.fsencode(e.name) for e in it)
+            return list_names(path, sources=self.sources)
         except OSError as exc:
             self.summary.errors.append((os.fsdecode(path), exc.strerror or str(exc)))
             return None
@@ -235,6 +248,7 @@ def _start_run(paths: list[str], host: str, snapshot_id: str, send: Callable[[Ev
                        summary if summary is not None else ScanSummary(snapshot_id=snapshot_id))
     roots = _roots(paths)
     _check_roots(roots)
+    scanner.sources = Sources(roots)
     for root in roots:
         for anc in _ancestors(root):
             scanner.once(anc)
@@ -276,16 +290,10 @@ def scan_changes(paths: list[str], host: str, snapshot_id: str, send: Callable[[
 def without_own_reads(batch: ChangeBatch) -> ChangeBatch | None:
     """``batch`` without the events of the agent's own consistent reads: a reflink clone
     is an unlinked temporary file in the file's directory (``O_TMPFILE``, which fanotify
-    names ``#<inode>``, or a ``.corestate-clone-*`` name unlinked at once). None if
+    names ``#<inode>``, or a ``.corestate-clone-*`` name unlinked at once; see
+    :func:`~corestate.kernel.reflink.own_temp`). None if
     nothing else is left. Else every run that reads a file would cause another run."""
-    def own(path: bytes, kinds: set[str]) -> bool:
-        name = os.path.basename(path)
-        if name.startswith(CLONE_PREFIX):
-            return True
-        return (name[:1] == b"#" and name[1:].isdigit()
-                and not kinds & {"create", "delete", "move_from", "move_to"})
-
-    kept = {p: k for p, k in batch.kinds.items() if not own(p, k)}
+    kept = {p: k for p, k in batch.kinds.items() if not own_temp(os.path.basename(p))}
     if len(kept) == len(batch.kinds):
         return batch
     if not kept and not batch.overflow:

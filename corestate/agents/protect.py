@@ -14,6 +14,12 @@ carries the subtree bitmaps along). An inotify queue overflow makes the next sna
 full scan; directories the watcher could not watch (out of inotify watches) are
 rescanned whole every ``unwatched_rescan`` seconds.
 
+Events of protect's own reads (reflink clone files) are not changes, and a snapshot
+whose tree equals the last one is not saved: no snapshot without a change. If the last
+snapshot is gone (forgotten and pruned), the next one lists every directory against
+the parent that is left instead of trusting the watcher's changes, which were relative
+to the lost one.
+
 The watcher is started before the catch-up scan, so nothing that changes during the
 scan is missed. :meth:`Protector.stop` (SIGTERM/SIGINT in the CLI) ends the loop after
 committing what is pending.
@@ -28,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from corestate.agents.agent import without_own_reads
 from corestate.errors import CoreStateError
 from corestate.kernel.blockmap import BlockMapStore
 from corestate.kernel.watch import ChangeBatch, open_watcher
@@ -86,14 +93,17 @@ class Protector:
         self._stop.set()
 
     def _backup(self, dirty: frozenset[bytes] | None, rescan: frozenset[bytes],
-                changed: frozenset[bytes]) -> ConsistencyPoint:
+                changed: frozenset[bytes], catch_up: bool = False) -> ConsistencyPoint | None:
         opts = BackupOptions(paths=self.paths, excludes=self.excludes, tags=self.opts.tags,
-                             dirty_dirs=dirty, rescan=rescan, block_store=self.opts.block_store)
+                             dirty_dirs=dirty, rescan=rescan, block_store=self.opts.block_store,
+                             skip_unchanged=not catch_up)
         if self.opts.hostname:
             opts.hostname = self.opts.hostname
         started = time.time()
         summary = backup(self.repo, opts, cache=self.cache)
-        point = ConsistencyPoint(summary, started, time.time(), dirty is None,
+        if summary.skipped:
+            return None  # events, but nothing changed: no snapshot
+        point = ConsistencyPoint(summary, started, time.time(), summary.full_scan,
                                  len(dirty or ()), changed)
         self.points.append(point)
         if self.on_point is not None:
@@ -117,7 +127,7 @@ class Protector:
     def _watch(self, roots: list[bytes], excluded: Callable[[bytes], bool]) -> None:
         with open_watcher(roots, excluded) as watcher:
             watcher.start()
-            self._backup(None, frozenset(), frozenset())  # catch-up scan
+            self._backup(None, frozenset(), frozenset(), catch_up=True)
             dirty: set[bytes] = set()
             changed: set[bytes] = set()
             full = False
@@ -136,6 +146,7 @@ class Protector:
                     batch = watcher.poll(min(wait, 0.25), coalesce=wait)
                 else:
                     batch = None  # due now; later events wait in the kernel queue
+                batch = without_own_reads(batch) if batch is not None else None
                 if batch is not None:
                     if self.on_batch is not None:
                         self.on_batch(batch)

@@ -139,6 +139,18 @@ def changed_blocks(previous: BlockMap | None, block_size: int, digests: list[int
     return [i for i, d in enumerate(digests) if i >= len(old) or old[i] != d]
 
 
+def _read_full(fd: int, n: int) -> bytes:
+    """Up to ``n`` bytes from ``fd``; fewer only at end of file."""
+    parts = []
+    while n > 0:
+        data = os.read(fd, min(n, 1 << 24))
+        if not data:
+            break
+        parts.append(data)
+        n -= len(data)
+    return b"".join(parts)
+
+
 def _pread_full(fd: int, buf: memoryview, offset: int) -> int:
     """Fill ``buf`` from ``offset``; fewer bytes only at end of file."""
     done = 0
@@ -206,16 +218,26 @@ class BlockMapStore:
         return os.path.join(self.directory, f"{dev:x}-{ino:x}{_SUFFIX}")
 
     def load(self, dev: int, ino: int) -> BlockMap | None:
-        """The stored map of (dev, ino), or None if absent, damaged or misfiled."""
+        """The stored map of (dev, ino), or None if absent, damaged, misfiled or not
+        readable at all (a directory in its place, no permission). A file is read only
+        as far as its header says the map goes."""
         try:
-            with open(self._path(dev, ino), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
+            fd = os.open(self._path(dev, ino), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
             return None
         try:
-            found = BlockMap.from_bytes(data)
-        except IntegrityError:
+            header = _read_full(fd, _HEADER.size)
+            if len(header) < _HEADER.size:
+                return None
+            count = _HEADER.unpack(header)[-1]
+            length = _HEADER.size + 8 * count + _CHECKSUM.size
+            if os.fstat(fd).st_size != length:
+                return None
+            found = BlockMap.from_bytes(header + _read_full(fd, length - _HEADER.size))
+        except (OSError, IntegrityError):
             return None
+        finally:
+            os.close(fd)
         return found if (found.dev, found.ino) == (dev, ino) else None
 
     def save(self, block_map: BlockMap) -> None:

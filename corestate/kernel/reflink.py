@@ -34,10 +34,13 @@ import fcntl
 import os
 import secrets
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["FICLONE", "CLONE_PREFIX", "clone_for_read", "reflinks_known", "reset_cache"]
+__all__ = ["FICLONE", "CLONE_PREFIX", "clone_for_read", "own_temp", "reflinks_known",
+           "reset_cache"]
 
 FICLONE = 0x40049409
 """``_IOW(0x94, 9, int)`` from ``<linux/fs.h>``."""
@@ -63,6 +66,37 @@ _TMPFILE_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR,
 _reflinks: dict[int, bool] = {}
 _no_tmpfile: set[int] = set()
 
+# Inode numbers of the O_TMPFILE files made here lately, for own_temp (bounded).
+_OWN_TEMPS = 65536
+_own_temps: OrderedDict[int, None] = OrderedDict()
+_own_lock = threading.Lock()
+
+
+def own_temp(name: bytes) -> bool:
+    """Whether a directory entry name a watcher reported is one of this process's clone
+    files: a :data:`CLONE_PREFIX` name, or ``#<inode>`` (the kernel's name for an
+    ``O_TMPFILE`` file) of one made here. Making one is an event in the watched
+    directory (fanotify reports its ``close_write``), which must not count as a change
+    to protect, or every snapshot that reads a file would cause another one.
+
+    >>> own_temp(CLONE_PREFIX + b"0123abcd"), own_temp(b"#0"), own_temp(b"notes.txt")
+    (True, False, False)
+    """
+    if name.startswith(CLONE_PREFIX):
+        return True
+    if name[:1] != b"#" or not name[1:].isdigit():
+        return False
+    with _own_lock:
+        return int(name[1:]) in _own_temps
+
+
+def _remember(ino: int) -> None:
+    with _own_lock:
+        _own_temps[ino] = None
+        _own_temps.move_to_end(ino)
+        if len(_own_temps) > _OWN_TEMPS:
+            _own_temps.popitem(last=False)
+
 
 def reflinks_known(dev: int) -> bool | None:
     """What has been learnt about device ``dev``: True (clones work), False (they do
@@ -84,11 +118,18 @@ def _open_temp(directory: bytes, dev: int) -> int:
     """An unlinked, writable file in ``directory``: O_TMPFILE, else create + unlink."""
     if _O_TMPFILE and dev not in _no_tmpfile:
         try:
-            return os.open(directory, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            fd = os.open(directory, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
         except OSError as e:
             if e.errno not in _TMPFILE_UNSUPPORTED:
                 raise
             _no_tmpfile.add(dev)
+        else:
+            try:
+                _remember(os.fstat(fd).st_ino)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(16):
         name = os.path.join(directory, CLONE_PREFIX + secrets.token_hex(8).encode())
@@ -114,6 +155,11 @@ def _clone(src: int, directory: bytes, dev: int) -> int | None:
             return None
         raise
     try:
+        if os.fstat(dst).st_dev != dev:
+            # ``directory`` is not on the source's filesystem (it was replaced by a
+            # symlink meanwhile): nothing learnt about ``dev``.
+            os.close(dst)
+            return None
         fcntl.ioctl(dst, FICLONE, src)
     except OSError as e:
         os.close(dst)
@@ -133,26 +179,24 @@ def _clone(src: int, directory: bytes, dev: int) -> int | None:
 
 
 @contextmanager
-def clone_for_read(path: bytes) -> Iterator[int | None]:
-    """Yield a read fd of a reflink clone of the regular file ``path``, or None.
+def clone_for_read(src: int, directory: bytes) -> Iterator[int | None]:
+    """Yield a read fd of a reflink clone of the open file ``src``, or None.
 
-    None means "read the live file and verify it" (see the module docstring): the
-    filesystem cannot clone, the path is not a regular file, or the clone could not be
-    created here (read-only mount or directory, full disk). The clone is closed, and
-    therefore freed, when the block exits. Errors opening ``path`` itself (it vanished,
-    permission denied) and I/O errors propagate as :class:`OSError`.
+    ``src`` is a descriptor the caller opened and checked (a path would be opened again,
+    and could name another file by then: see :func:`corestate.pipeline.capture.open_scanned`);
+    ``directory`` is where it was found, for the short-lived clone file. None means "read
+    the live file and verify it" (see the module docstring): the filesystem cannot clone,
+    ``src`` is not a regular file, or the clone could not be created here (read-only
+    mount or directory, full disk, a directory on another filesystem). The clone is
+    closed, and therefore freed, when the block exits. I/O errors propagate as
+    :class:`OSError`.
 
     The clone has its own inode number and times; take metadata from the source.
     """
-    src = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    st = os.fstat(src)
     clone: int | None = None
-    try:
-        st = os.fstat(src)
-        if stat.S_ISREG(st.st_mode) and _reflinks.get(st.st_dev) is not False:
-            directory = os.path.dirname(path) or b"."
-            clone = _clone(src, directory, st.st_dev)
-    finally:
-        os.close(src)
+    if stat.S_ISREG(st.st_mode) and _reflinks.get(st.st_dev) is not False:
+        clone = _clone(src, directory or b".", st.st_dev)
     try:
         yield clone
     finally:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from corestate.errors import CoreStateError
 from corestate.kernel import blockmap
 from corestate.kernel.blockmap import BlockMapStore
-from corestate.pipeline.capture import ExcludeMatcher
+from corestate.pipeline.capture import ExcludeMatcher, Sources, inside_repository
 from corestate.pipeline.chunk import BLOCK_THRESHOLD
 from corestate.pipeline.commit import CommitStage, marker_time
 from corestate.pipeline.embedded import EmbeddedRunner
@@ -67,6 +67,8 @@ class BackupOptions:
     block_threshold: int = BLOCK_THRESHOLD
     block_size: int = blockmap.DEFAULT_BLOCK_SIZE
     block_store: BlockMapStore | None = None
+    # Save no snapshot if the tree equals the parent's (protect: no snapshot without a change).
+    skip_unchanged: bool = False
 
 
 @dataclass
@@ -89,6 +91,8 @@ class BackupSummary:
     errors: list[tuple[str, str]] = field(default_factory=list)
     inconsistent: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    full_scan: bool = True  # every directory was listed (no dirty set, or not trusted)
+    skipped: bool = False  # skip_unchanged and nothing changed: snapshot_id is the parent's
 
     @property
     def complete(self) -> bool:
@@ -100,11 +104,16 @@ Progress = Callable[[BackupSummary, str], None]
 
 @dataclass
 class BackupCache:
-    """What consecutive backups of the same paths carry over (see the module doc)."""
+    """What consecutive backups of the same paths carry over (see the module doc).
+
+    ``made`` is the id of the last snapshot made with this cache: the dirty directories
+    a watcher reports are changes since it, so if the parent found is another (it was
+    forgotten and pruned), they say nothing and the backup lists every directory."""
 
     runner: EmbeddedRunner | None = None
     commit: CommitStage | None = None
     parent: Snapshot | None = None
+    made: str | None = None
 
     def close(self) -> None:
         """Stop the runner's worker processes."""
@@ -135,6 +144,9 @@ def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = No
     for p in paths:
         if not os.path.lexists(p):
             raise CoreStateError(f"{p}: no such file or directory")
+        if inside_repository(p, repo.backend.location()):
+            raise CoreStateError(f"{p} is inside the repository {repo.backend.location()}: "
+                                 "a repository cannot hold a backup of its own directory")
     own = cache is None
     cache = cache if cache is not None else BackupCache()
     try:
@@ -159,10 +171,11 @@ def _run(repo: Repository, opts: BackupOptions, paths: list[str], progress: Prog
                                       store)
     parent = cache.parent if cache.parent is not None and not opts.parent \
         and cache.parent.paths == paths else find_parent(repo, opts, paths)
-    if opts.dirty_dirs is not None and parent is None:
-        opts = _full(opts)  # nothing to take unchanged subtrees from
+    if opts.dirty_dirs is not None and (parent is None or parent.id != cache.made):
+        opts = _full(opts)  # the watcher's changes are relative to a snapshot now gone
 
-    summary = BackupSummary(parent=parent.id if parent else None)
+    summary = BackupSummary(parent=parent.id if parent else None,
+                            full_scan=opts.dirty_dirs is None)
     last_progress = [0.0]
 
     def on_result(item: FileManifest | ReadFailed) -> None:
@@ -181,7 +194,7 @@ def _run(repo: Repository, opts: BackupOptions, paths: list[str], progress: Prog
                            excludes=tuple(opts.excludes))
     repo_path = os.fsencode(os.path.realpath(repo.backend.location()))
     scanner = Scanner(run_id, lambda record: None, repo.load_tree,
-                      ExcludeMatcher(opts.excludes), force=opts.force,
+                      ExcludeMatcher(opts.excludes), Sources(paths), force=opts.force,
                       dirty=opts.dirty_dirs if parent else None, rescan=opts.rescan,
                       skip=repo_path)
 
@@ -192,10 +205,12 @@ def _run(repo: Repository, opts: BackupOptions, paths: list[str], progress: Prog
 
     runner = cache.runner
     runner.on_result = on_result
+    cache.commit.skip_unchanged = opts.skip_unchanged
     result = runner.run(cache.commit, begin, scan)
     report = scanner.report
     commit = result.commit
     summary.snapshot_id = commit.snapshot.id
+    summary.skipped = commit.skipped
     summary.files_unmodified = report.files_unmodified
     summary.total_files_processed += report.files_unmodified
     summary.total_bytes_processed += report.bytes_unmodified
@@ -213,6 +228,7 @@ def _run(repo: Repository, opts: BackupOptions, paths: list[str], progress: Prog
     summary.warnings = list(commit.warnings)
     summary.total_duration = time.monotonic() - started
     cache.parent = commit.snapshot
+    cache.made = commit.snapshot.id
     return summary
 
 

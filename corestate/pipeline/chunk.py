@@ -58,7 +58,8 @@ from fastcdc import fastcdc as _fastcdc  # type: ignore[import-untyped]  # Cytho
 
 from corestate.kernel import blockmap
 from corestate.kernel.blockmap import BlockMap, BlockMapStore
-from corestate.pipeline.capture import ConsistentRead
+from corestate.pipeline.assemble import meta_from_node, node_from_meta
+from corestate.pipeline.capture import ConsistentRead, EntryChanged, Sources
 from corestate.pipeline.jobs import PreviousVersion, ReadFailed, ReadFile, Record
 from corestate.pipeline.stage import Emit, Holds, RejectedEventError
 from corestate.schemas.events import (Chunk, DataSegment, Delete, FileBegin, FileEnd,
@@ -179,6 +180,7 @@ class ChunkStage:
         self.block_size = block_size
         self.block_store = block_store
         self.report = ReadReport()
+        self.sources: Sources | None = None  # of the run in progress (its begin marker)
         self._open: dict[tuple[int, str, bytes], _OpenFile] = {}
         self._holds = Holds()
 
@@ -229,7 +231,9 @@ class ChunkStage:
         elif isinstance(event, FileEnd):
             yield from self._end(partition, event)
         elif isinstance(event, SnapshotMarker):
-            if event.kind == "end":
+            if event.kind == "begin":
+                self.sources = Sources(event.paths)
+            elif event.kind == "end":
                 fwd = replace(event, source_partition=partition)
                 for p in range(self.chunk_partitions):
                     yield Emit("chunks", fwd, partition=p)
@@ -275,11 +279,16 @@ class ChunkStage:
 
     # -- content from the local disk ------------------------------------------------------
     def _read(self, partition: int, job: ReadFile) -> Iterator[Emit]:
-        """Read a file consistently and chunk it; a failure is a :class:`ReadFailed`."""
+        """Read a file consistently and chunk it. The file read is the one the scan
+        found (:class:`~corestate.pipeline.capture.ConsistentRead`); one that was
+        replaced meanwhile is taken as what it is now (another file's content, or a
+        symlink, fifo or device node recorded as such); a failure is a
+        :class:`ReadFailed`."""
         big = job.node.size >= self.block_threshold
         blobs: list[bytes] = []
         new_map: BlockMap | None = None
-        reading = ConsistentRead(job.path, job.node.device_id)
+        scanned = node_from_meta(os.path.basename(job.path), job.node)
+        reading = ConsistentRead(job.path, job.node.device_id, scanned, self.sources)
         try:
             for fd, st in reading:
                 if big:
@@ -293,6 +302,10 @@ class ChunkStage:
                     blobs.append(chunk.blob_id)
                     yield Emit("chunks", chunk)
         except OSError as exc:
+            if isinstance(exc, EntryChanged) and exc.node is not None:
+                yield Emit("files", FileManifest(snapshot_id=job.snapshot_id, path=job.path,
+                                                 node=meta_from_node(exc.node), blobs=()))
+                return
             vanished = isinstance(exc, FileNotFoundError)
             reason = exc.strerror if exc.strerror else str(exc)
             if not vanished:
@@ -312,7 +325,8 @@ class ChunkStage:
         else:
             report.files_changed += 1
         report.bytes_read += st.st_size
-        node = replace(job.node, size=st.st_size, mtime=st.st_mtime_ns, ctime=st.st_ctime_ns)
+        meta = meta_from_node(scanned) if outcome.replaced else job.node
+        node = replace(meta, size=st.st_size, mtime=st.st_mtime_ns, ctime=st.st_ctime_ns)
         yield Emit("files", FileManifest(snapshot_id=job.snapshot_id, path=job.path, node=node,
                                          blobs=tuple(blobs)))
 
@@ -330,6 +344,7 @@ class ChunkStage:
         prev = self.block_store.load(st.st_dev, st.st_ino) if self.block_store is not None else None
         old = job.previous
         usable = (prev is not None and old is not None and prev.block_size == size
+                  and (old.device_id, old.inode) == (st.st_dev, st.st_ino)
                   and prev.size == old.size and prev.mtime_ns == old.mtime
                   and len(old.blobs) == blockmap.block_count(old.size, size))
         if usable:

@@ -84,6 +84,7 @@ class CommitReport:
     tree_blobs: int = 0
     tree_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
+    skipped: bool = False  # its tree equals its parent's: no new snapshot (the parent's id)
 
 
 class CommitStage:
@@ -92,7 +93,9 @@ class CommitStage:
     ``abandon_after``: a run that received nothing for this long (its agent died before
     its end markers) is dropped by :meth:`tick`. ``replay_safe``: before writing, look
     for a snapshot a replay already wrote (distributed mode; a run is committed at most
-    once in embedded mode, which skips that listing). ``reports`` holds a
+    once in embedded mode, which skips that listing). ``skip_unchanged``: a run whose
+    tree equals its parent's writes no snapshot (continuous protection: no snapshot
+    without a change); its report names the parent. ``reports`` holds a
     :class:`CommitReport` per commit.
 
     To count the files of an incremental snapshot without walking what it shares with
@@ -107,6 +110,7 @@ class CommitStage:
         self.repo = repo
         self.abandon_after = abandon_after
         self.replay_safe = replay_safe
+        self.skip_unchanged = False
         self._runs: dict[str, _Run] = {}
         self._holds = Holds()
         self._counts: dict[tuple[str, tuple[str, ...]], dict[bytes, int]] = {}
@@ -237,6 +241,15 @@ class CommitStage:
         self._counts[key] = memo if len(memo) <= self.COUNT_CACHE else dict(assembly.counts)
         when = time_ns(marker.time)
         paths = list(marker.paths)
+        if self.skip_unchanged and parent is not None and marker.parent and root == parent.tree:
+            same = self.repo.load_snapshot(marker.parent)
+            unchanged = SnapshotCommitted(
+                snapshot_id=snapshot_id, restic_id=same.id, host=marker.host,
+                paths=tuple(paths), time=marker.time, tree=root.hex(), files=assembly.files,
+                bytes_added=stats[1], tags=marker.tags)
+            report = CommitReport(unchanged, same, stats[0], stats[1], skipped=True)
+            self.reports.append(report)
+            return report
         restic_id = None
         if self.replay_safe:
             restic_id = next((s.id for s in repo.list_snapshots()

@@ -101,7 +101,6 @@ class Lane:
                 self.pack.reset()  # deduplicate against what was stored since
                 self.chunk.report = ReadReport()
                 self._stored = (self.pack.blobs_stored, self.pack.bytes_added)
-                continue
             for emit in self.chunk.handle(self.index, self._position, record):
                 if emit.topic == "chunks":
                     out.extend(e.event for e in self.pack.handle(self.index, self._position,

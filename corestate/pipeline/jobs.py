@@ -25,11 +25,14 @@ from corestate.schemas.events import Event, NodeMeta
 
 @dataclass(frozen=True)
 class PreviousVersion:
-    """A file as the parent snapshot holds it: size, mtime and content blob ids."""
+    """A file as the parent snapshot holds it: size, mtime, content blob ids, and the
+    device and inode it had (a block map is reused only for the same file)."""
 
     size: int
     mtime: int
     blobs: tuple[bytes, ...]
+    device_id: int = 0
+    inode: int = 0
 
 
 @dataclass(frozen=True)

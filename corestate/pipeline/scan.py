@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 
 from corestate.errors import CoreStateError
 from corestate.pipeline.assemble import meta_from_node
-from corestate.pipeline.capture import ExcludeMatcher, node_from_stat, unchanged
+from corestate.pipeline.capture import (ExcludeMatcher, Sources, list_names, node_from_stat,
+                                        unchanged)
 from corestate.pipeline.jobs import PreviousVersion, ReadFile, Record
 from corestate.repository.tree import Node
 from corestate.schemas.events import FileManifest
@@ -84,17 +85,20 @@ def _join(path: bytes, name: bytes) -> bytes:
 
 class Scanner:
     """One scan (see the module docstring). ``load_tree`` loads the parent's trees;
-    ``skip`` is a path never captured (the repository itself, when it lies below a
-    source path)."""
+    ``sources`` (:class:`~corestate.pipeline.capture.Sources`) is where the source paths
+    really are: a directory is listed only if it still is the one the scan found, there
+    (:func:`~corestate.pipeline.capture.list_names`); ``skip`` is a path never captured
+    (the repository itself, when it lies below a source path)."""
 
     def __init__(self, snapshot_id: str, sink: Callable[[Record], None], load_tree: LoadTree,
-                 excludes: ExcludeMatcher, force: bool = False,
+                 excludes: ExcludeMatcher, sources: Sources | None = None, force: bool = False,
                  dirty: frozenset[bytes] | None = None, rescan: frozenset[bytes] = frozenset(),
                  skip: bytes | None = None) -> None:
         self.snapshot_id = snapshot_id
         self.sink = sink
         self.load_tree = load_tree
         self.excludes = excludes
+        self.sources = sources
         self.force = force
         self.dirty = dirty
         self.rescan = rescan
@@ -111,13 +115,13 @@ class Scanner:
     def run(self, paths: list[str], parent_tree: bytes | None) -> None:
         """Scan ``paths`` against the parent's root tree (None: no parent)."""
         root_listing = self._listing(parent_tree)
-        # work items: (directory path, its parent listing, roots below it or None, walk
-        # its whole listing)
-        stack: list[tuple[bytes, dict[bytes, Node] | None, Roots | None, bool]] = [
-            (b"/", root_listing, roots_of(paths), False)]
+        # work items: (directory path, its node from the scan (None for the root), its
+        # parent listing, roots below it or None)
+        stack: list[tuple[bytes, Node | None, dict[bytes, Node] | None, Roots | None]] = [
+            (b"/", None, root_listing, roots_of(paths))]
         while stack:
-            path, old, only, listed = stack.pop()
-            for child in self._directory(path, old, only, listed):
+            path, node, old, only = stack.pop()
+            for child in self._directory(path, node, old, only):
                 stack.append(child)
 
     # -- one directory -----------------------------------------------------------------
@@ -144,17 +148,16 @@ class Scanner:
         """Whether to list ``path`` whole: always in a full walk; else dirty or rescanned."""
         return self.dirty is None or path in self.dirty or self._rescanned(path)
 
-    def _directory(self, path: bytes, old: dict[bytes, Node] | None, only: Roots | None,
-                   listed: bool) -> Iterator[tuple[bytes, dict[bytes, Node] | None,
-                                                   Roots | None, bool]]:
+    def _directory(self, path: bytes, dir_node: Node | None, old: dict[bytes, Node] | None,
+                   only: Roots | None) -> Iterator[tuple[bytes, Node | None,
+                                                        dict[bytes, Node] | None, Roots | None]]:
         """Capture a directory's entries; yield the subdirectories to walk."""
         self.report.dirs += 1
         if only is not None:
             names = sorted(only)
         elif self._full(path) or old is None:
             try:
-                with os.scandir(path) as it:
-                    names = sorted(os.fsencode(e.name) for e in it)
+                names = list_names(path, dir_node, self.sources)
             except OSError as exc:
                 self._error(path, exc)
                 if old is not None:  # recorded empty, not as the parent had it
@@ -200,7 +203,7 @@ class Scanner:
                 if below is None and self._on_way is not None and full not in self._on_way \
                         and subtree is not None and not self._rescanned(full):
                     continue  # nothing changed below: the parent's subtree, untouched
-                yield full, self._listing(subtree), below, False
+                yield full, node, self._listing(subtree), below
 
     def _file(self, path: bytes, node: Node, prev: Node | None) -> None:
         report = self.report
@@ -210,7 +213,8 @@ class Scanner:
             return
         previous = None
         if prev is not None and prev.type == "file" and prev.content is not None:
-            previous = PreviousVersion(prev.size, prev.mtime, tuple(prev.content))
+            previous = PreviousVersion(prev.size, prev.mtime, tuple(prev.content),
+                                       prev.device_id, prev.inode)
         report.files_to_read += 1
         report.bytes_to_read += node.size
         self.sink(ReadFile(self.snapshot_id, path, meta_from_node(node), previous))

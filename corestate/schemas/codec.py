@@ -24,7 +24,9 @@ Two wire formats; :func:`decode` tells them apart by the first byte:
    (``io.corestate.v1.<Name>``), since one topic carries several event types.
 
 Bytes that are not an event raise :class:`~corestate.schemas.errors.UndecodableEventError`
-(never retried) whose ``reason`` is one line, for the dead-letter topic.
+(never retried) whose ``reason`` is one line, for the dead-letter topic. A writer schema
+from the registry that is not one of ours is used only if it is not recursive (none of
+ours is; the Avro reader would recurse in C as deep as the bytes nest it, and crash).
 
 The fingerprint, checked against the Avro project's published test vectors
 (``share/test/data/schema-tests.txt``, which gives them as signed longs):
@@ -191,6 +193,57 @@ def versions(name: str) -> list[SchemaVersion]:
 def subject(name: str) -> str:
     """The schema-registry subject of event schema ``name`` (record-name strategy)."""
     return f"{NAMESPACE}.{name}"
+
+
+def _recursive(parsed: dict[str, Any]) -> bool:
+    """Whether a parsed schema's named types refer to themselves, directly or not.
+
+    No CoreState event schema is recursive. A recursive writer schema (which only a
+    schema registry can supply) lets a few bytes per level nest records as deep as the
+    record is long, and the Avro reader recurses in C: the process would crash instead
+    of rejecting the record."""
+    named = cast(dict[str, Any], parsed.get("__named_schemas", {}))
+
+    def refs(schema: Any, out: set[str], top: bool) -> set[str]:
+        if isinstance(schema, str):
+            if schema in named:
+                out.add(schema)
+        elif isinstance(schema, list):
+            for branch in schema:
+                refs(branch, out, False)
+        elif isinstance(schema, dict):
+            if "name" in schema and not top:
+                out.add(str(schema["name"]))  # a nested definition: a node of its own
+            elif schema.get("type") in ("record", "error"):
+                for f in schema.get("fields", ()):
+                    refs(f.get("type"), out, False)
+            elif schema.get("type") == "array":
+                refs(schema.get("items"), out, False)
+            elif schema.get("type") == "map":
+                refs(schema.get("values"), out, False)
+            elif isinstance(schema.get("type"), (dict, list)):
+                refs(schema["type"], out, False)
+        return out
+
+    edges = {name: refs(defn, set(), True) for name, defn in named.items()}
+    done: set[str] = set()
+    for start in edges:  # depth-first, iteratively: a gray node met again is a cycle
+        if start in done:
+            continue
+        path, stack = {start}, [(start, iter(edges[start]))]
+        while stack:
+            node, todo = stack[-1]
+            nxt = next(todo, None)
+            if nxt is None:
+                stack.pop()
+                path.discard(node)
+                done.add(node)
+            elif nxt in path:
+                return True
+            elif nxt not in done:
+                path.add(nxt)
+                stack.append((nxt, iter(edges.get(nxt, ()))))
+    return False
 
 
 # -- events <-> fastavro's dicts -------------------------------------------------------
@@ -420,8 +473,12 @@ class Codec:
                                          f"schema ({_one_line(str(raw.get('name')), 80)})")
             version = _BY_FINGERPRINT.get(fingerprint(raw))
             if version is None or version.name != name:
-                version = SchemaVersion(name, 0, Path(f"registry:{schema_id}"), text,
-                                        cast(dict[str, Any], parse_schema(raw)), fingerprint(raw))
+                parsed = cast(dict[str, Any], parse_schema(raw))
+                if _recursive(parsed):
+                    raise UnknownSchemaError(f"schema id {schema_id} is recursive (no CoreState "
+                                             f"event schema is); refused")
+                version = SchemaVersion(name, 0, Path(f"registry:{schema_id}"), text, parsed,
+                                        fingerprint(raw))
         except UnknownSchemaError:
             raise
         except Exception as exc:  # whatever a bad schema text makes the JSON or Avro parser raise

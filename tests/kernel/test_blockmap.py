@@ -196,6 +196,33 @@ def test_store_save_load_delete_and_damage(tmp_path):
     assert store.load(2049, 77) is None and os.listdir(tmp_path / "maps") == []
 
 
+def test_unusable_map_file_is_absent(tmp_path):
+    """Whatever is at a map's path (a directory, a file it may not read, a file far
+    longer than its header says), the map is absent: the next scan costs time only."""
+    store = BlockMapStore(str(tmp_path / "maps"))
+    store.save(_sample())
+    (path,) = (tmp_path / "maps").iterdir()
+    with open(path, "r+b") as f:  # 64 MiB of trailing garbage (sparse)
+        f.truncate(64 << 20)
+    tracemalloc.start()
+    try:
+        assert store.load(2049, 77) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes allocated to find the file is too long"
+    path.unlink()
+    path.mkdir()
+    assert store.load(2049, 77) is None
+    path.rmdir()
+    store.save(_sample())
+    os.chmod(path, 0)
+    try:
+        assert store.load(2049, 77) is None or os.geteuid() == 0  # root reads anyway
+    finally:
+        os.chmod(path, 0o600)
+
+
 def test_misfiled_map_is_absent(tmp_path):
     store = BlockMapStore(str(tmp_path))
     store.save(_sample(ino=1))

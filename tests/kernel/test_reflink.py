@@ -8,12 +8,24 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from corestate.kernel import reflink
 from corestate.kernel.reflink import CLONE_PREFIX, clone_for_read
+
+
+@contextmanager
+def _cloned(path: Path, directory: Path | None = None) -> Iterator[int | None]:
+    """clone_for_read of ``path``, opened here (the caller's part: see capture)."""
+    src = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    try:
+        with clone_for_read(src, os.fsencode(directory or path.parent)) as fd:
+            yield fd
+    finally:
+        os.close(src)
 
 
 @pytest.fixture(autouse=True)
@@ -80,24 +92,18 @@ def test_ext4_yields_none_and_probes_once_per_filesystem(tmp_path, monkeypatch):
     for i in range(3):
         path = tmp_path / f"f{i}"
         path.write_bytes(b"data %d" % i)
-        with clone_for_read(os.fsencode(path)) as fd:
+        with _cloned(path) as fd:
             assert fd is None, "ext4 cannot clone: the caller must fall back"
     assert calls == [reflink.FICLONE], "one failed FICLONE per filesystem, then cached"
     assert reflink.reflinks_known(os.stat(tmp_path).st_dev) is False
     assert sorted(os.listdir(tmp_path)) == ["f0", "f1", "f2"], "no clone files left behind"
 
 
-def test_non_regular_file_yields_none_without_blocking(tmp_path):
+def test_non_regular_file_yields_none(tmp_path):
     fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)  # opening it for reading must not wait for a writer
-    with clone_for_read(os.fsencode(fifo)) as fd:
+    os.mkfifo(fifo)
+    with _cloned(fifo) as fd:
         assert fd is None
-
-
-def test_missing_file_raises(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        with clone_for_read(os.fsencode(tmp_path / "gone")):
-            pass
 
 
 # --- real reflinks: XFS on a loop device -------------------------------------------
@@ -107,7 +113,7 @@ def test_xfs_clone_is_made_and_keeps_the_old_content(xfs):
     path = xfs / "db.bin"
     old, new = os.urandom(3 << 20) + b"tail", os.urandom(1 << 20)
     path.write_bytes(old)
-    with clone_for_read(os.fsencode(path)) as fd:
+    with _cloned(path) as fd:
         assert fd is not None, "XFS with reflink=1 must give a clone, not the fallback"
         _overwrite(path, new)
         assert path.read_bytes() == new
@@ -128,7 +134,7 @@ def test_xfs_named_temp_when_no_o_tmpfile(xfs, monkeypatch):
     sub.mkdir()
     path = sub / "file"
     path.write_bytes(b"version one")
-    with clone_for_read(os.fsencode(path)) as fd:
+    with _cloned(path) as fd:
         assert fd is not None
         assert os.fstat(fd).st_nlink == 0
         assert not [n for n in os.listdir(sub) if n.encode().startswith(CLONE_PREFIX)]
@@ -137,17 +143,31 @@ def test_xfs_named_temp_when_no_o_tmpfile(xfs, monkeypatch):
     assert os.listdir(sub) == ["file"]
 
 
+def test_xfs_clone_directory_on_another_filesystem_falls_back(xfs, tmp_path):
+    """The clone file goes in the source's directory; if that path leads to another
+    filesystem by then (replaced by a symlink), no clone, and nothing condemned."""
+    path = xfs / "elsewhere"
+    path.write_bytes(b"data")
+    with _cloned(path, directory=tmp_path) as fd:
+        assert fd is None
+    assert reflink.reflinks_known(os.stat(path).st_dev) is not False
+    assert os.listdir(tmp_path) == []
+    with _cloned(path) as fd:
+        assert fd is not None and _pread_all(fd) == b"data"
+    path.unlink()
+
+
 def test_xfs_read_only_mount_falls_back(xfs):
     path = xfs / "ro-file"
     path.write_bytes(b"frozen")
     _run("mount", "-o", "remount,ro", str(xfs))
     try:
-        with clone_for_read(os.fsencode(path)) as fd:
+        with _cloned(path) as fd:
             assert fd is None, "no clone can be written on a read-only mount"
         # A read-only mount is not "no reflinks": do not condemn the filesystem.
         assert reflink.reflinks_known(os.stat(path).st_dev) is not False
     finally:
         _run("mount", "-o", "remount,rw", str(xfs))
-    with clone_for_read(os.fsencode(path)) as fd:
+    with _cloned(path) as fd:
         assert fd is not None and _pread_all(fd) == b"frozen"
     path.unlink()

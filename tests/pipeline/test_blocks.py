@@ -120,3 +120,30 @@ def test_reads_go_through_a_clone_on_xfs(xfs, tmp_path):
     outcome = capture.read_consistently(os.fsencode(g), consume_live)
     assert not outcome.cloned and outcome.attempts == 2
     assert seen[-1][:1] == b"B"
+
+
+def test_a_big_file_renamed_over_another_of_the_same_size_and_mtime(tmp_path):
+    """Two images of one size and mtime (copied with -p, unpacked from one archive): the
+    map found for the file now at a path is of another file than the one the parent
+    snapshot has there, so the parent's blob ids must not be reused."""
+    src = tmp_path / "src"
+    src.mkdir()
+    a, b = src / "a.img", src / "b.img"
+    a.write_bytes(os.urandom(5 * 4096))
+    b.write_bytes(os.urandom(5 * 4096))
+    for f in (a, b):
+        os.utime(f, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), "pw")
+    store = BlockMapStore(str(tmp_path / "state"))
+
+    def opts() -> BackupOptions:
+        return BackupOptions(paths=[str(src)], block_threshold=1, block_size=4096,
+                             block_store=store)
+
+    backup(repo, opts())
+    expected = b.read_bytes()
+    os.rename(b, a)
+    backup(repo, opts())
+    out = tmp_path / "out"
+    assert not restore(repo, repo.find_snapshot("latest"), str(out)).errors
+    assert (out / str(a).lstrip("/")).read_bytes() == expected

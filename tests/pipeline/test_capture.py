@@ -8,6 +8,7 @@ import os
 from corestate.pipeline.capture import ExcludeMatcher, node_from_stat, read_consistently
 from corestate.pipeline.chunk import chunk_stream
 from corestate.repository.tree import MODE_DIR, MODE_SYMLINK
+from tests.conftest import run_corestate
 
 
 def _collect(path, mutate_times):
@@ -67,3 +68,37 @@ def test_chunking_is_content_defined():
     a = list(chunk_stream(io.BytesIO(data)))
     b = list(chunk_stream(io.BytesIO(b"inserted" + data)))
     assert len(set(a) & set(b)) >= len(a) - 2, "an insertion must only move nearby boundaries"
+
+
+def test_backup_of_a_directory_inside_the_repository_is_refused(tmp_path):
+    """Never an empty success: the walk leaves the repository out, so such a snapshot
+    would hold none of the files."""
+    repo = tmp_path / "repo"
+    run_corestate("init", "--repo", str(repo))
+    inside = repo / "mine"
+    inside.mkdir()
+    (inside / "f").write_text("a file kept in the repository's directory")
+    for path in (inside, repo, repo / "data"):
+        for cmd in ("backup", "protect"):
+            proc = run_corestate(cmd, str(path), "--repo", str(repo), check=False, timeout=60)
+            assert proc.returncode == 1, (cmd, proc.stdout, proc.stderr)
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and "is inside the repository" in lines[0], proc.stderr
+            assert "saved" not in proc.stdout
+    assert not os.listdir(repo / "snapshots")
+    # reached through a symlink, it is the same directory
+    os.symlink(repo, tmp_path / "link")
+    proc = run_corestate("backup", str(tmp_path / "link" / "mine"), "--repo", str(repo),
+                         check=False)
+    assert proc.returncode == 1 and "is inside the repository" in proc.stderr
+
+
+def test_repository_inside_the_backed_up_directory_is_left_out(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("mine")
+    repo = src / "repo"
+    run_corestate("init", "--repo", str(repo))
+    run_corestate("backup", str(src), "--repo", str(repo))
+    listing = run_corestate("ls", "latest", "--repo", str(repo)).stdout
+    assert str(src / "f") in listing and str(repo) not in listing
