@@ -22,9 +22,10 @@ Terms:
   (:mod:`corestate.pipeline.assemble`), so an unchanged file is never read again, not
   even beside a changed one. The agent sends no :class:`Delete` or :class:`Rename` for
   changes;
-- the *changes* since a run began (:class:`Changes`) are the watcher's batches
-  accumulated: dirty directories, named entries, and the paths created or moved in.
-  :meth:`Changes.plan` turns them into an :class:`Increment`. A directory that lost
+- the *changes* since a run began (:class:`~corestate.agents.watch_loop.Changes`, kept
+  by the watch loop shared with protect) are the watcher's batches accumulated: dirty
+  directories, named entries, and the paths created or moved in. :func:`plan` turns
+  them into an :class:`Increment`. A directory that lost
   more than ``MAX_REMOVED_PER_DIR`` entries is rescanned instead. When the changes
   cannot be expressed (a source path itself deleted or replaced, a watched directory
   moved, an overflow of the watcher's queue, lists too long for a marker), the run is
@@ -52,13 +53,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
+from corestate.agents.watch_loop import Cadence, Changes, WatchLoop
 from corestate.errors import PermanentError, RetryableError
-from corestate.kernel.reflink import own_temp
-from corestate.kernel.watch import ChangeBatch
 from corestate.pipeline.assemble import meta_from_node
 from corestate.pipeline.capture import (EntryChanged, ExcludeMatcher, Sources, list_names,
                                         node_from_stat, read_consistently)
@@ -72,7 +72,6 @@ log = logging.getLogger("corestate.agents.agent")
 
 RESCAN_BYTES = 256 * 1024  # most path bytes a marker lists; more makes the run full
 MAX_REMOVED_PER_DIR = 256  # more removed entries: the directory is listed whole instead
-MAX_NAMED = 500_000  # more changed entries remembered: the next run is full
 
 
 @dataclass
@@ -287,109 +286,64 @@ def scan_changes(paths: list[str], host: str, snapshot_id: str, send: Callable[[
     return summary
 
 
-def without_own_reads(batch: ChangeBatch) -> ChangeBatch | None:
-    """``batch`` without the events of the agent's own consistent reads: a reflink clone
-    is an unlinked temporary file in the file's directory (``O_TMPFILE``, which fanotify
-    names ``#<inode>``, or a ``.corestate-clone-*`` name unlinked at once; see
-    :func:`~corestate.kernel.reflink.own_temp`). None if
-    nothing else is left. Else every run that reads a file would cause another run."""
-    kept = {p: k for p, k in batch.kinds.items() if not own_temp(os.path.basename(p))}
-    if len(kept) == len(batch.kinds):
-        return batch
-    if not kept and not batch.overflow:
+def plan(changes: Changes, paths: list[str], parent: str,
+         excluded: Callable[[bytes], bool] = lambda p: False) -> Increment | None:
+    """The incremental run onto ``parent`` that captures ``changes``; None when only a
+    full run is right."""
+    if changes.full:
         return None
-    mine = {os.path.dirname(p) for p in kept}
-    named = {os.path.dirname(p) for p in batch.kinds}
-    return replace(batch, paths=frozenset(kept), kinds=kept,
-                   dirty_dirs=frozenset(d for d in batch.dirty_dirs if d in mine or d not in named))
+    roots = _roots(paths)
+    if not all(os.path.lexists(r) for r in roots):
+        return None
 
+    def root_of(path: bytes) -> bytes | None:
+        """The source path ``path`` is in, if it is not excluded on the way."""
+        inside = [r for r in roots if _within(path, r)]
+        if not inside:
+            return None  # e.g. a sibling of a source path that is a file
+        root = max(inside, key=len)
+        up = path
+        while up != root:
+            if excluded(up):
+                return None
+            up = os.path.dirname(up)
+        return root
 
-@dataclass
-class Changes:
-    """What the watcher reported since a run began (see the module docstring): the
-    dirty directories, the entries events named, and the paths to take whole if they
-    are directories (created, moved in, or not watched)."""
-
-    dirty: set[bytes] = field(default_factory=set)
-    named: set[bytes] = field(default_factory=set)
-    subtrees: set[bytes] = field(default_factory=set)
-    full: bool = False
-
-    def __bool__(self) -> bool:
-        return bool(self.full or self.dirty or self.named or self.subtrees)
-
-    def add(self, batch: ChangeBatch) -> None:
-        self.dirty |= batch.dirty_dirs
-        self.named |= batch.paths
-        self.subtrees.update(p for p, kinds in batch.kinds.items()
-                             if kinds & {"create", "move_to"})
-        # lost events, or a watched directory itself deleted or moved
-        self.full = self.full or batch.overflow or any(
-            kinds & {"delete_self", "move_self", "unmount"} for kinds in batch.kinds.values())
-        if len(self.named) > MAX_NAMED:  # so much changed that a full run costs no more
-            self.full = True
-            self.dirty.clear()
-            self.named.clear()
-            self.subtrees.clear()
-
-    def plan(self, paths: list[str], parent: str,
-             excluded: Callable[[bytes], bool] = lambda p: False) -> Increment | None:
-        """The incremental run onto ``parent`` that captures these changes; None when
-        only a full run is right."""
-        if self.full:
-            return None
-        roots = _roots(paths)
-        if not all(os.path.lexists(r) for r in roots):
-            return None
-
-        def root_of(path: bytes) -> bytes | None:
-            """The source path ``path`` is in, if it is not excluded on the way."""
-            inside = [r for r in roots if _within(path, r)]
-            if not inside:
-                return None  # e.g. a sibling of a source path that is a file
-            root = max(inside, key=len)
-            up = path
-            while up != root:
-                if excluded(up):
-                    return None
-                up = os.path.dirname(up)
-            return root
-
-        rescanned: set[bytes] = set()
-        entries: set[bytes] = set()
-        removed: set[bytes] = set()
-        for path in self.named | self.subtrees | self.dirty:
-            root = root_of(path)
-            if root is None:
-                continue
-            try:
-                st = os.lstat(path)
-            except OSError:
-                st = None
-            if path == root:
-                if st is None or path in self.subtrees:
-                    return None  # a source path gone or replaced: a full run says what it is
-                if not stat.S_ISDIR(st.st_mode):
-                    entries.add(path)  # a source path that is a file and changed
-                continue
-            if st is None:
-                if _is_dir(os.path.dirname(path)):
-                    removed.add(path)  # else an ancestor is gone (or replaced) too
-            elif stat.S_ISDIR(st.st_mode) and path in self.subtrees:
-                rescanned.update(_subdirs(path, excluded))
-            else:
-                entries.add(path)
-        # A directory that lost many entries is listed whole instead.
-        lost: dict[bytes, list[bytes]] = {}
-        for path in removed:
-            lost.setdefault(os.path.dirname(path), []).append(path)
-        for directory, paths_gone in lost.items():
-            if directory in rescanned or len(paths_gone) > MAX_REMOVED_PER_DIR:
-                rescanned.add(directory)
-                removed.difference_update(paths_gone)
-        if sum(len(p) + 2 for p in rescanned | removed) > RESCAN_BYTES:
-            return None
-        return Increment(parent, frozenset(rescanned), frozenset(entries), frozenset(removed))
+    rescanned: set[bytes] = set()
+    entries: set[bytes] = set()
+    removed: set[bytes] = set()
+    for path in changes.named | changes.subtrees | changes.dirty:
+        root = root_of(path)
+        if root is None:
+            continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            st = None
+        if path == root:
+            if st is None or path in changes.subtrees:
+                return None  # a source path gone or replaced: a full run says what it is
+            if not stat.S_ISDIR(st.st_mode):
+                entries.add(path)  # a source path that is a file and changed
+            continue
+        if st is None:
+            if _is_dir(os.path.dirname(path)):
+                removed.add(path)  # else an ancestor is gone (or replaced) too
+        elif stat.S_ISDIR(st.st_mode) and path in changes.subtrees:
+            rescanned.update(_subdirs(path, excluded))
+        else:
+            entries.add(path)
+    # A directory that lost many entries is listed whole instead.
+    lost: dict[bytes, list[bytes]] = {}
+    for path in removed:
+        lost.setdefault(os.path.dirname(path), []).append(path)
+    for directory, paths_gone in lost.items():
+        if directory in rescanned or len(paths_gone) > MAX_REMOVED_PER_DIR:
+            rescanned.add(directory)
+            removed.difference_update(paths_gone)
+    if sum(len(p) + 2 for p in rescanned | removed) > RESCAN_BYTES:
+        return None
+    return Increment(parent, frozenset(rescanned), frozenset(entries), frozenset(removed))
 
 
 def _subdirs(top: bytes, excluded: Callable[[bytes], bool]) -> list[bytes]:
@@ -486,6 +440,66 @@ def publish_once(sink: CaptureSink, paths: list[str], host: str | None = None,
     return publish_run(sink, paths, host or socket.gethostname(), excludes, tags, timeout)
 
 
+class _RunTaker:
+    """The watch loop's point taker for the agent: a point is a published run,
+    incremental on the previous one once the feed shows it committed."""
+
+    def __init__(self, paths: list[str], publisher: CaptureSink, feed: CommitSource,
+                 host: str, excludes: list[str] | None, tags: list[str] | None,
+                 excluded: Callable[[bytes], bool], on_run: Callable[[ScanSummary], None],
+                 sentinel: AgentSentinel | None, parent_wait: float) -> None:
+        self.paths, self.publisher, self.feed, self.host = paths, publisher, feed, host
+        self.excludes, self.tags, self.excluded = excludes, tags, excluded
+        self.on_run, self.sentinel, self.parent_wait = on_run, sentinel, parent_wait
+        self.last: ScanSummary | None = None  # the last run published
+        self.last_done = 0.0  # monotonic time it was acknowledged
+        self.last_restic: str | None = None  # its restic id, once committed
+        self.unsent: list[Event] = []  # alerts to publish again
+
+    def ready(self, changes: Changes) -> bool:
+        waiting = (self.last is not None and not changes.full and self.last_restic is None
+                   and time.monotonic() - self.last_done < self.parent_wait)
+        return not waiting
+
+    def take(self, changes: Changes) -> None:
+        increment = None
+        if self.last_restic is not None:
+            increment = plan(changes, self.paths, self.last_restic, self.excluded)
+        summary = publish_run(self.publisher, self.paths, self.host, self.excludes, self.tags,
+                              increment=increment)
+        self.last, self.last_done, self.last_restic = summary, time.monotonic(), None
+        if self.sentinel is not None:
+            self.sentinel.on_run(summary.snapshot_id)
+        self.on_run(summary)
+
+    def failed(self, exc: Exception) -> None:
+        pass  # the loop logs it and makes the next run full
+
+    def tick(self) -> None:
+        for event in self.feed.poll():
+            if self.last is not None and event.snapshot_id == self.last.snapshot_id:
+                self.last_restic = event.restic_id
+            if self.sentinel is not None:
+                self.sentinel.on_committed(event)
+        if self.sentinel is not None:
+            self.sentinel.tick()
+            self.unsent.extend(self.sentinel.drain())
+        self.send_alerts()
+        self.publisher.poll()
+
+    def send_alerts(self) -> None:
+        for alert in self.unsent[:]:
+            self.unsent.remove(alert)
+            self.publisher.publish_alert(alert, self._delivered(alert))
+
+    def _delivered(self, event: Event) -> Callable[[Any, Any], None]:
+        def report(err: Any, _msg: Any) -> None:
+            if err is not None:
+                log.error("alert not delivered (%s); trying again", err)
+                self.unsent.append(event)
+        return report
+
+
 def watch(paths: list[str], publisher: CaptureSink, feed: CommitSource, host: str,
           stop: threading.Event, excludes: list[str] | None = None,
           tags: list[str] | None = None,
@@ -493,86 +507,29 @@ def watch(paths: list[str], publisher: CaptureSink, feed: CommitSource, host: st
           sentinel: AgentSentinel | None = None, parent_wait: float = 60.0,
           unwatched_rescan: float = 60.0, retry_after: float = 5.0) -> None:
     """Publish a full run, then one whenever something under ``paths`` changes, until
-    ``stop`` is set (see the module docstring). The watcher (fanotify where permitted,
-    else inotify) starts before the first scan, so no change is missed between runs.
+    ``stop`` is set (see the module docstring), on the watch loop shared with protect
+    (:mod:`corestate.agents.watch_loop`).
 
     A run waits until the previous one is committed (at most ``parent_wait`` seconds
     after it was published) so that it can build on it; a run that fails to publish
     (brokers away) is tried again ``retry_after`` seconds later, as a full run.
     ``sentinel`` (optional) gets every batch, every run and every commit; its alerts
     go to ``publisher``. ``feed`` tells which runs were committed."""
-    from corestate.kernel.watch import open_watcher
-
     matcher = ExcludeMatcher(excludes or [])
-    watched = sorted({r if _is_dir(r) else os.path.dirname(r) for r in _roots(paths)})
-    unsent: list[Event] = []  # alerts to publish again
-
-    def delivered(event: Event) -> Callable[[Any, Any], None]:
-        def report(err: Any, _msg: Any) -> None:
-            if err is not None:
-                log.error("alert not delivered (%s); trying again", err)
-                unsent.append(event)
-        return report
-
-    changes = Changes(full=True)  # the first run of a session is full
-    last: ScanSummary | None = None  # the last run published
-    last_done = 0.0  # monotonic time it was acknowledged
-    last_restic: str | None = None  # its restic id, once committed
-    not_before = 0.0
-    last_unwatched = time.monotonic()
+    taker = _RunTaker(paths, publisher, feed, host, excludes, tags, matcher.excluded, on_run,
+                      sentinel, parent_wait)
+    loop = WatchLoop(paths, matcher.excluded, taker,
+                     Cadence(interval=0.0, unwatched_rescan=unwatched_rescan,
+                             retry_after=retry_after, coalesce=0.5),
+                     on_batch=sentinel.on_batch if sentinel is not None else None)
     try:
-        with open_watcher(watched, matcher.excluded) as watcher:
-            watcher.start()
-            while not stop.is_set():
-                now = time.monotonic()
-                waiting = (last is not None and not changes.full and last_restic is None
-                           and now - last_done < parent_wait)
-                if changes and now >= not_before and not waiting:
-                    increment = None
-                    if last_restic is not None:
-                        increment = changes.plan(paths, last_restic, matcher.excluded)
-                    changes = Changes()
-                    try:
-                        summary = publish_run(publisher, paths, host, excludes, tags,
-                                              increment=increment)
-                    except RetryableError as exc:
-                        log.warning("run not published, trying again in %gs: %s", retry_after, exc)
-                        changes, not_before = Changes(full=True), now + retry_after
-                        continue
-                    last, last_done, last_restic = summary, time.monotonic(), None
-                    if sentinel is not None:
-                        sentinel.on_run(summary.snapshot_id)
-                    on_run(summary)
-                batch = watcher.poll(0.25 if changes else 0.5)
-                batch = without_own_reads(batch) if batch is not None else None
-                for event in feed.poll():
-                    if last is not None and event.snapshot_id == last.snapshot_id:
-                        last_restic = event.restic_id
-                    if sentinel is not None:
-                        sentinel.on_committed(event)
-                if batch is not None:
-                    changes.add(batch)
-                    if sentinel is not None:
-                        sentinel.on_batch(batch)
-                unwatched = watcher.unwatched
-                if unwatched and time.monotonic() - last_unwatched >= unwatched_rescan:
-                    changes.subtrees |= unwatched  # not watched: rescanned whole, now and then
-                    last_unwatched = time.monotonic()
-                if sentinel is not None:
-                    sentinel.tick()
-                    unsent.extend(sentinel.drain())
-                for alert in unsent[:]:
-                    unsent.remove(alert)
-                    publisher.publish_alert(alert, delivered(alert))
-                publisher.poll()
+        loop.run(stop)
     finally:
         feed.close()
         if sentinel is not None:
             sentinel.close()  # announces alerts still waiting for a commit
-            unsent.extend(sentinel.drain())
-        for alert in unsent[:]:
-            unsent.remove(alert)
-            publisher.publish_alert(alert, delivered(alert))
+            taker.unsent.extend(sentinel.drain())
+        taker.send_alerts()
         try:
             publisher.settle(30.0)
         except RetryableError as exc:

@@ -20,9 +20,11 @@ snapshot is gone (forgotten and pruned), the next one lists every directory agai
 the parent that is left instead of trusting the watcher's changes, which were relative
 to the lost one.
 
-The watcher is started before the catch-up scan, so nothing that changes during the
-scan is missed. :meth:`Protector.stop` (SIGTERM/SIGINT in the CLI) ends the loop after
-committing what is pending.
+The watching, the cadence and the retries are the watch loop's
+(:mod:`corestate.agents.watch_loop`, shared with the distributed agent); the
+:class:`Protector` is its point taker. The watcher is started before the catch-up scan,
+so nothing that changes during the scan is missed. :meth:`Protector.stop`
+(SIGTERM/SIGINT in the CLI) ends the loop after committing what is pending.
 """
 
 from __future__ import annotations
@@ -34,10 +36,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from corestate.agents.agent import without_own_reads
-from corestate.errors import CoreStateError
+from corestate.agents.watch_loop import Cadence, Changes, WatchLoop
 from corestate.kernel.blockmap import BlockMapStore
-from corestate.kernel.watch import ChangeBatch, open_watcher
+from corestate.kernel.watch import ChangeBatch
 from corestate.pipeline.backup import BackupCache, BackupOptions, BackupSummary, backup
 from corestate.pipeline.capture import ExcludeMatcher
 from corestate.repository.repository import Repository
@@ -87,6 +88,7 @@ class Protector:
         self.excludes = [*DEFAULT_EXCLUDES, *opts.excludes]
         self.cache = BackupCache()
         self._stop = threading.Event()
+        self._caught_up = False
         self.points: list[ConsistencyPoint] = []
 
     def stop(self) -> None:
@@ -110,73 +112,37 @@ class Protector:
             self.on_point(point)
         return point
 
+    # -- the point taker of the watch loop --------------------------------------------
+    def ready(self, changes: Changes) -> bool:
+        return True
+
+    def take(self, changes: Changes) -> None:
+        catch_up = not self._caught_up  # the first point saves even an unchanged tree
+        self._caught_up = True
+        self._backup(None if changes.full else frozenset(changes.dirty),
+                     frozenset(changes.rescans), frozenset(changes.named), catch_up=catch_up)
+
+    def failed(self, exc: Exception) -> None:
+        if self.on_error is not None:
+            self.on_error(exc)
+        self.cache.close()  # a fresh cache: the next point rescans everything
+        self.cache = BackupCache()
+
+    def tick(self) -> None:
+        pass
+
     def run(self) -> None:
         """Protect until :meth:`stop`; returns after the last pending snapshot."""
         matcher = ExcludeMatcher(self.excludes)
         repo_dir = os.fsencode(os.path.realpath(self.repo.backend.location()))
-        roots = [os.fsencode(p) for p in self.paths if os.path.isdir(p)]
 
         def excluded(path: bytes) -> bool:
             return path == repo_dir or matcher.excluded(path)
 
+        loop = WatchLoop(self.paths, excluded, self, Cadence(
+            self.opts.interval, self.opts.unwatched_rescan, retry_after=self.opts.interval),
+            on_batch=self.on_batch)
         try:
-            self._watch(roots, excluded)
+            loop.run(self._stop)
         finally:
             self.cache.close()  # the backup's worker processes
-
-    def _watch(self, roots: list[bytes], excluded: Callable[[bytes], bool]) -> None:
-        with open_watcher(roots, excluded) as watcher:
-            watcher.start()
-            self._backup(None, frozenset(), frozenset(), catch_up=True)
-            dirty: set[bytes] = set()
-            changed: set[bytes] = set()
-            full = False
-            last = time.monotonic()
-            last_unwatched = time.monotonic()
-            while True:
-                stopping = self._stop.is_set()
-                wait = self.opts.interval - (time.monotonic() - last)
-                if stopping:
-                    batch = None
-                elif not (dirty or full):
-                    # idle: wake up now and then to see stop(); the first change of a
-                    # quiet period is snapshotted at once if the interval allows
-                    batch = watcher.poll(0.5, coalesce=max(wait, 0.05))
-                elif wait > 0:  # pending: gather until due, never past it
-                    batch = watcher.poll(min(wait, 0.25), coalesce=wait)
-                else:
-                    batch = None  # due now; later events wait in the kernel queue
-                batch = without_own_reads(batch) if batch is not None else None
-                if batch is not None:
-                    if self.on_batch is not None:
-                        self.on_batch(batch)
-                    dirty |= batch.dirty_dirs
-                    changed |= batch.paths
-                    full = full or batch.overflow
-                rescan: frozenset[bytes] = frozenset()
-                unwatched = watcher.unwatched
-                if unwatched and time.monotonic() - last_unwatched >= self.opts.unwatched_rescan:
-                    rescan = frozenset(unwatched)
-                    last_unwatched = time.monotonic()
-                due = time.monotonic() - last >= self.opts.interval
-                if (dirty or full or rescan) and (due or stopping):
-                    pending = frozenset(dirty)
-                    dirty.clear()
-                    paths, changed = frozenset(changed), set()
-                    last = time.monotonic()  # the cadence counts from each snapshot's start
-                    try:
-                        self._backup(None if full else pending, rescan, paths)
-                        full = False
-                    except (CoreStateError, OSError) as exc:
-                        # storage away, lock held by prune...: nothing is lost; the next
-                        # consistency point rescans everything with a fresh cache
-                        log.warning("snapshot failed, will retry: %s", exc)
-                        if self.on_error is not None:
-                            self.on_error(exc)
-                        self.cache.close()
-                        self.cache = BackupCache()
-                        full = True
-                        if stopping:
-                            raise
-                if stopping:
-                    return

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from corestate.agents.agent import (MAX_REMOVED_PER_DIR, Changes, Increment, scan_changes,
-                                    without_own_reads)
+from corestate.agents.agent import MAX_REMOVED_PER_DIR, Increment, plan, scan_changes
+from corestate.agents.watch_loop import Changes, without_own_reads
 from corestate.kernel import reflink
 from corestate.kernel.watch import ChangeBatch
 from corestate.pipeline.capture import ExcludeMatcher
@@ -38,7 +38,7 @@ def test_changed_gone_and_new_entries(tmp_path: Path) -> None:
     (src / "d" / "f").write_text("changed")
     c = changes_of((src / "d" / "f", {"modify"}), (src / "d" / "gone", {"delete"}),
                    (src / "d" / "new", {"create"}), (src / "x" / "y", {"delete"}))
-    inc = c.plan([str(src)], "p" * 64)
+    inc = plan(c, [str(src)], "p" * 64)
     assert inc == Increment("p" * 64, rescanned=frozenset({b(src / "d" / "new"), b(src / "d" / "new" / "deep")}),
                             entries=frozenset({b(src / "d" / "f"), b(src / "d")}),
                             # x/y is not listed: its directory x is gone, which says it all
@@ -48,24 +48,24 @@ def test_changed_gone_and_new_entries(tmp_path: Path) -> None:
 def test_what_only_a_full_run_can_say(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    assert Changes(full=True).plan([str(src)], "p") is None
+    assert plan(Changes(full=True), [str(src)], "p") is None
     gone = Changes()
     gone.add(batch(**{str(tmp_path / "missing"): {"delete_self"}}))
     assert gone.full  # a watched directory itself deleted or moved
-    assert changes_of((src, {"create"})).plan([str(src)], "p") is None  # replaced
-    assert changes_of((src / "a", {"modify"})).plan([str(tmp_path / "nope")], "p") is None
+    assert plan(changes_of((src, {"create"})), [str(src)], "p") is None  # replaced
+    assert plan(changes_of((src / "a", {"modify"})), [str(tmp_path / "nope")], "p") is None
     many = Changes()
     for i in range(2000):  # gone from 2000 directories: none is listed instead
         (src / f"d{i}").mkdir()
         many.named.add(b(src / f"d{i}" / ("n" * 200)))
-    assert many.plan([str(src)], "p") is None  # too long for a marker
+    assert plan(many, [str(src)], "p") is None  # too long for a marker
 
 
 def test_a_directory_that_lost_many_entries_is_listed_instead(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     c = changes_of(*[(src / f"f{i}", {"delete"}) for i in range(MAX_REMOVED_PER_DIR + 1)])
-    inc = c.plan([str(src)], "p")
+    inc = plan(c, [str(src)], "p")
     assert inc is not None and inc.removed == frozenset() and inc.rescanned == {b(src)}
 
 
@@ -79,7 +79,7 @@ def test_excluded_paths_and_siblings_of_a_source_file_are_left_out(tmp_path: Pat
     matcher = ExcludeMatcher(["**/cache"])
     c = changes_of((src / "cache" / "c", {"modify"}), (src / "keep.txt", {"modify"}),
                    (tmp_path / "sibling.txt", {"modify"}), (tmp_path / "single.txt", {"modify"}))
-    inc = c.plan([str(src), str(tmp_path / "single.txt")], "p", matcher.excluded)
+    inc = plan(c, [str(src), str(tmp_path / "single.txt")], "p", matcher.excluded)
     assert inc is not None
     assert inc.entries == {b(src / "keep.txt"), b(tmp_path / "single.txt")}  # src: always sent
 

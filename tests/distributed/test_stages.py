@@ -237,7 +237,8 @@ def snapshot_nodes(repo: Repository, restic_id: str) -> dict[bytes, tuple[object
 @pytest.mark.parametrize("watcher_kind", ["inotify", "fanotify"])
 def test_an_incremental_run_is_assembled_onto_its_parent(tmp_path: Path, repo: Repository,
                                                          watcher_kind: str) -> None:
-    from corestate.agents.agent import Changes
+    from corestate.agents.agent import plan
+    from corestate.agents.watch_loop import Changes
     from corestate.errors import PermanentError
     from corestate.kernel.watch import Watcher
     from corestate.kernel.watch.fanotify import FanotifyWatcher
@@ -285,7 +286,7 @@ def test_an_incremental_run_is_assembled_onto_its_parent(tmp_path: Path, repo: R
         changes = Changes()
         while (batch := watcher.poll(0.5)) is not None:
             changes.add(batch)
-    increment = changes.plan([str(src)], first.restic_id)  # type: ignore[union-attr]
+    increment = plan(changes, [str(src)], first.restic_id)  # type: ignore[union-attr]
     assert increment is not None
     root = os.fsencode(str(src))
     assert increment.removed == {root + b"/gone.txt", root + b"/old"}

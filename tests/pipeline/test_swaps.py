@@ -28,9 +28,9 @@ import pytest
 from corestate.agents import agent
 from corestate.connectors.local import LocalBackend
 from corestate.kernel.blockmap import BlockMapStore
-from corestate.pipeline import backup as backup_mod
+from corestate.pipeline import scan as scan_mod
 from corestate.pipeline.backup import BackupOptions, BackupSummary, backup
-from corestate.pipeline.stages import ChunkStage
+from corestate.pipeline.chunk import ChunkStage
 from corestate.repository.repository import Repository
 from corestate.repository.tree import Node
 from corestate.schemas.events import Chunk, DataSegment, FileManifest
@@ -168,7 +168,7 @@ def test_symlink_swapped_in_after_the_scan_is_saved_as_the_symlink(tmp_path, sec
     src.mkdir()
     (src / "f").write_bytes(b"harmless")
     secret_dir, token = secret
-    _after_scan(monkeypatch, backup_mod, src / "f", _to_symlink(src / "f", secret_dir / "f"))
+    _after_scan(monkeypatch, scan_mod, src / "f", _to_symlink(src / "f", secret_dir / "f"))
     summary = backup(_repo(tmp_path), _options(src, tmp_path, big))
     assert token not in _stored(tmp_path)
     node = _node(tmp_path, src / "f")
@@ -187,7 +187,7 @@ def test_another_file_swapped_in_is_read_with_its_own_metadata(tmp_path, monkeyp
     def swap() -> None:
         os.rename(other, src / "f")
 
-    _after_scan(monkeypatch, backup_mod, src / "f", swap)
+    _after_scan(monkeypatch, scan_mod, src / "f", swap)
     summary = backup(_repo(tmp_path), BackupOptions(paths=[str(src)]))
     node = _node(tmp_path, src / "f")
     st = os.lstat(src / "f")
@@ -207,7 +207,7 @@ def test_fifo_swapped_in_after_the_scan_does_not_hang(tmp_path, monkeypatch):
         os.unlink(src / "f")
         os.mkfifo(src / "f")
 
-    _after_scan(monkeypatch, backup_mod, src / "f", swap)
+    _after_scan(monkeypatch, scan_mod, src / "f", swap)
     result: list[BackupSummary] = []
     t = threading.Thread(target=lambda: result.append(
         backup(_repo(tmp_path), BackupOptions(paths=[str(src)]))), daemon=True)
@@ -232,7 +232,7 @@ def test_directory_above_replaced_by_a_symlink_after_the_scan(tmp_path, secret, 
     (src / "d").mkdir(parents=True)
     (src / "d" / "f").write_bytes(b"harmless")
     secret_dir, token = secret
-    _after_scan(monkeypatch, backup_mod, src / "d" / "f", _to_symlink(src / "d", secret_dir))
+    _after_scan(monkeypatch, scan_mod, src / "d" / "f", _to_symlink(src / "d", secret_dir))
     summary = backup(_repo(tmp_path), _options(src, tmp_path, big))
     assert token not in _stored(tmp_path), "the root-only file's bytes are in the repository"
     assert [p for p, _ in summary.errors] == [str(src / "d" / "f")], summary.errors
@@ -247,7 +247,7 @@ def test_directory_replaced_by_a_symlink_before_it_is_listed(tmp_path, secret, m
     (src / "d" / "f").write_bytes(b"harmless")
     secret_dir, token = secret
     (secret_dir / "root-only-name").write_bytes(b"")
-    _after_scan(monkeypatch, backup_mod, src / "d", _to_symlink(src / "d", secret_dir))
+    _after_scan(monkeypatch, scan_mod, src / "d", _to_symlink(src / "d", secret_dir))
     summary = backup(_repo(tmp_path), BackupOptions(paths=[str(src)]))
     stored = _stored(tmp_path)
     assert token not in stored and b"root-only-name" not in stored
@@ -264,7 +264,7 @@ def test_directory_above_a_directory_replaced_before_it_is_listed(tmp_path, secr
     secret_dir, token = secret
     (secret_dir / "e").mkdir()
     (secret_dir / "e" / "root-only-name").write_bytes(token)
-    _after_scan(monkeypatch, backup_mod, src / "d" / "e", _to_symlink(src / "d", secret_dir))
+    _after_scan(monkeypatch, scan_mod, src / "d" / "e", _to_symlink(src / "d", secret_dir))
     summary = backup(_repo(tmp_path), BackupOptions(paths=[str(src)]))
     stored = _stored(tmp_path)
     assert token not in stored and b"root-only-name" not in stored
@@ -280,8 +280,8 @@ def _agent_run(src: Path) -> tuple[agent.ScanSummary, list[FileManifest], bytes]
     summary = agent.scan([str(src)], "h", "snap-1", events.append)
     stage = ChunkStage(1)
     manifests, chunks = [], []
-    for event in events:
-        for emit in stage.handle(0, event):  # type: ignore[arg-type]
+    for position, event in enumerate(events):
+        for emit in stage.handle(0, position, event):  # type: ignore[arg-type]
             if isinstance(emit.event, FileManifest):
                 manifests.append(emit.event)
             elif isinstance(emit.event, Chunk):
