@@ -1,5 +1,5 @@
-"""The distributed runner: the stages of :mod:`corestate.pipeline.stages` as agents of one
-faust-streaming app.
+"""The distributed runner: the stages of :mod:`corestate.pipeline` (driven through
+:class:`~corestate.pipeline.stage.Stage`) as agents of one faust-streaming app.
 
 Terms:
 
@@ -13,7 +13,7 @@ Terms:
   ``alerts`` and protects the clean snapshot an alert names;
 - the *share* of a packer is the faust table ``blobs`` (blob id → pack id), restored from
   its changelog topic ``<prefix>.worker-blobs-changelog`` when a worker (re)gets chunks
-  partitions; it is the packer's exact dedup index (:mod:`corestate.pipeline.share`),
+  partitions; it is the packer's exact dedup index (:mod:`corestate.pipeline.index_share`),
   beside the roaring prefilter built from it;
 - *acknowledging* a record tells faust it may commit the partition's offset past it.
   Agents iterate with acks off and acknowledge a record only once its stage says it is
