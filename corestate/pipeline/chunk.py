@@ -29,7 +29,8 @@ The :class:`ChunkStage` turns files into :class:`~corestate.schemas.events.Chunk
 ids, for the committer). A file's content reaches it in one of two ways:
 
 - as capture events from an agent (distributed mode): ``FileBegin``, ``DataSegment`` s in
-  order, ``FileEnd``; the stage spools a file's segments and chunks it at its end;
+  order, ``FileEnd``; the stage spools a file's segments and chunks it at its end (a
+  big file into fixed blocks, the same blobs a local read makes);
 - as a :class:`~corestate.pipeline.jobs.ReadFile` job (embedded mode): the stage reads
   the file from the local disk consistently (:class:`~corestate.pipeline.capture.ConsistentRead`).
   A *big* file (at least ``block_threshold`` bytes) is cut into fixed blocks instead of
@@ -268,7 +269,11 @@ class ChunkStage:
             blobs: list[bytes] = []
             if node.type == "file":
                 f.spool.seek(0)
-                for data in chunk_stream(f.spool, size_hint=size):  # type: ignore[arg-type]
+                if size >= self.block_threshold:  # fixed blocks, as a local read cuts it
+                    pieces: Iterator[bytes] = iter(lambda: f.spool.read(self.block_size), b"")
+                else:
+                    pieces = chunk_stream(f.spool, size_hint=size)  # type: ignore[arg-type]
+                for data in pieces:
                     blob_id = hashlib.sha256(data).digest()
                     blobs.append(blob_id)
                     yield Emit("chunks", Chunk(blob_id=blob_id, snapshot_id=end.snapshot_id,
