@@ -14,7 +14,8 @@ Terms:
   seconds (counted from the start of the last one; the first change of a quiet period
   is taken at once), and when the taker is *ready* (the agent waits for its previous
   run to be committed, so the next can build on it). A point that failed makes the
-  changes full and is tried again after ``retry_after`` seconds;
+  changes full and is tried again after ``retry_after`` seconds; the first point's
+  failure stops the loop unless it is transient (storage or brokers away, a lock);
 - *own reads*: the events CoreState's own consistent reads cause (reflink clones, see
   :func:`~corestate.kernel.reflink.own_temp`) are dropped, else every point would cause
   the next.
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from corestate.errors import CoreStateError
+from corestate.errors import CoreStateError, RepositoryLockedError, RetryableError
 from corestate.kernel.reflink import own_temp
 from corestate.kernel.watch import ChangeBatch, open_watcher
 
@@ -183,13 +184,18 @@ class WatchLoop:
                 now = time.monotonic()
                 due = now - last >= cadence.interval and now >= not_before
                 if changes and (due or stopping) and self.taker.ready(changes):
+                    first = last == float("-inf")
                     taken, changes = changes, Changes()
                     last = time.monotonic()
                     try:
                         self.taker.take(taken)
                     except (CoreStateError, OSError) as exc:
                         # storage away, brokers away, lock held by prune...: nothing is
-                        # lost; the next point walks everything
+                        # lost; the next point walks everything. The first point's
+                        # other errors stop the loop (a bad path, a bad repository).
+                        if first and not isinstance(exc, (RetryableError,
+                                                          RepositoryLockedError)):
+                            raise
                         log.warning("point failed, will retry: %s", exc)
                         self.taker.failed(exc)
                         changes.full = True
