@@ -196,7 +196,7 @@ def _run(repo: Repository, opts: BackupOptions, paths: list[str], progress: Prog
     scanner = Scanner(run_id, lambda record: None, repo.load_tree,
                       ExcludeMatcher(opts.excludes), Sources(paths), force=opts.force,
                       dirty=opts.dirty_dirs if parent else None, rescan=opts.rescan,
-                      skip=repo_path)
+                      skip=repo_path, summaries=cache.commit)
 
     def scan(sink: Callable[[Record], None]) -> list[bytes]:
         scanner.sink = sink

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -115,8 +115,22 @@ class CommitStage:
         self._holds = Holds()
         self._counts: dict[tuple[str, tuple[str, ...]], dict[bytes, int]] = {}
         self._bitmaps: dict[bytes, BitMap] = {}
+        self._hinted: dict[bytes, int] = {}  # files below trees a scan saw untouched
         self._table: ordinals.OrdinalTable | None = None
         self.reports: list[CommitReport] = []
+
+    # -- what a scan in this process learns of untouched subtrees (Summaries) ----------
+    def blob_ordinals(self, blob_ids: Iterable[bytes]) -> BitMap:
+        """The bitmap of ``blob_ids`` in the repository's ordinal table."""
+        if self._table is None:
+            self._table = ordinals.load_table(self.repo)
+        return self._table.ordinals(blob_ids)
+
+    def subtree(self, tree_id: bytes, files: int, bitmap: BitMap) -> None:
+        """A parent tree the next commit takes whole: its file count and blob bitmap,
+        so that the commit need not load it."""
+        self._hinted[tree_id] = files
+        self._bitmaps[tree_id] = bitmap
 
     # -- the Stage protocol ------------------------------------------------------------
     def settled(self, partition: int) -> int | None:
@@ -215,6 +229,8 @@ class CommitStage:
         marker = next(iter(run.markers.values()))
         key = (marker.host, marker.paths)
         memo = dict(self._counts.get(key, {}))
+        memo.update(self._hinted)
+        self._hinted = {}
         parent = self._parent(snapshot_id, marker, run, memo)
         packer = Packer(repo)
         built: dict[bytes, list[Node]] = {}

@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
+
+from pyroaring import BitMap
 
 from corestate.errors import CoreStateError
 from corestate.pipeline.assemble import meta_from_node
@@ -83,6 +86,47 @@ def _join(path: bytes, name: bytes) -> bytes:
     return path.rstrip(b"/") + b"/" + name
 
 
+def _same_node(prev: Node, node: Node) -> bool:
+    """Whether an entry's fresh node records what its parent node does (its access time
+    aside: reading it changes that; content and subtrees are compared elsewhere)."""
+    return (prev.type == node.type and prev.mode == node.mode and prev.mtime == node.mtime
+            and prev.ctime == node.ctime and prev.uid == node.uid and prev.gid == node.gid
+            and prev.user == node.user and prev.group == node.group
+            and prev.inode == node.inode and prev.device_id == node.device_id
+            and prev.links == node.links and prev.linktarget == node.linktarget
+            and prev.device == node.device and prev.xattrs == node.xattrs
+            and (node.type == "dir" or prev.size == node.size))
+
+
+class Summaries(Protocol):
+    """Where a scan hands what it learns of untouched subtrees (the commit stage): the
+    file count and blob bitmap below a parent tree, so the committer need not load it."""
+
+    def blob_ordinals(self, blob_ids: Iterable[bytes]) -> BitMap:
+        ...
+
+    def subtree(self, tree_id: bytes, files: int, bitmap: BitMap) -> None:
+        ...
+
+
+@dataclass(eq=False)
+class _Dir:
+    """A directory being scanned, until every subdirectory below it is done."""
+
+    path: bytes
+    node: Node | None  # its fresh node; None for the root
+    prev: Node | None  # its node in the parent snapshot
+    parent: _Dir | None
+    old: dict[bytes, Node] | None  # the parent snapshot's entries of it
+    only: Roots | None  # the virtual directories above the sources: the entries on the way
+    pending: int = 0  # subdirectories not done yet
+    listed: bool = False
+    clean: bool = True  # nothing at or below it captured or removed
+    complete: bool = True  # every entry below it looked at (its summary can be made)
+    files: int = 0
+    parts: list[BitMap] = field(default_factory=list)
+
+
 class Scanner:
     """One scan (see the module docstring). ``load_tree`` loads the parent's trees;
     ``sources`` (:class:`~corestate.pipeline.capture.Sources`) is where the source paths
@@ -93,7 +137,7 @@ class Scanner:
     def __init__(self, snapshot_id: str, sink: Callable[[Record], None], load_tree: LoadTree,
                  excludes: ExcludeMatcher, sources: Sources | None = None, force: bool = False,
                  dirty: frozenset[bytes] | None = None, rescan: frozenset[bytes] = frozenset(),
-                 skip: bytes | None = None) -> None:
+                 skip: bytes | None = None, summaries: Summaries | None = None) -> None:
         self.snapshot_id = snapshot_id
         self.sink = sink
         self.load_tree = load_tree
@@ -103,6 +147,7 @@ class Scanner:
         self.dirty = dirty
         self.rescan = rescan
         self.skip = skip
+        self.summaries = summaries
         self.report = ScanReport()
         # every directory on the way to a dirty or rescanned one (and those themselves)
         self._on_way: set[bytes] | None = None
@@ -114,15 +159,10 @@ class Scanner:
 
     def run(self, paths: list[str], parent_tree: bytes | None) -> None:
         """Scan ``paths`` against the parent's root tree (None: no parent)."""
-        root_listing = self._listing(parent_tree)
-        # work items: (directory path, its node from the scan (None for the root), its
-        # parent listing, roots below it or None)
-        stack: list[tuple[bytes, Node | None, dict[bytes, Node] | None, Roots | None]] = [
-            (b"/", None, root_listing, roots_of(paths))]
+        root = _Dir(b"/", None, None, None, self._listing(parent_tree), roots_of(paths))
+        stack = [root]
         while stack:
-            path, node, old, only = stack.pop()
-            for child in self._directory(path, node, old, only):
-                stack.append(child)
+            stack.extend(self._directory(stack.pop()))
 
     # -- one directory -----------------------------------------------------------------
     def _listing(self, tree_id: bytes | None) -> dict[bytes, Node] | None:
@@ -148,69 +188,119 @@ class Scanner:
         """Whether to list ``path`` whole: always in a full walk; else dirty or rescanned."""
         return self.dirty is None or path in self.dirty or self._rescanned(path)
 
-    def _directory(self, path: bytes, dir_node: Node | None, old: dict[bytes, Node] | None,
-                   only: Roots | None) -> Iterator[tuple[bytes, Node | None,
-                                                        dict[bytes, Node] | None, Roots | None]]:
-        """Capture a directory's entries; yield the subdirectories to walk."""
+    def _removed(self, d: _Dir, path: bytes) -> None:
+        self.report.removed.append(path)
+        d.clean = False
+
+    def _directory(self, d: _Dir) -> Iterator[_Dir]:
+        """Look at a directory's entries; yield its subdirectories to walk."""
         self.report.dirs += 1
+        path, old, only = d.path, d.old, d.only
         if only is not None:
             names = sorted(only)
+            d.complete = False
         elif self._full(path) or old is None:
             try:
-                names = list_names(path, dir_node, self.sources)
+                names = list_names(path, d.node, self.sources)
             except OSError as exc:
                 self._error(path, exc)
-                if old is not None:  # recorded empty, not as the parent had it
-                    self.report.removed.extend(_join(path, n) for n in sorted(old))
-                return
+                for n in sorted(old or ()):  # recorded empty, not as the parent had it
+                    self._removed(d, _join(path, n))
+                d.clean = d.complete = False
+                names = []
             if old is not None:
                 present = set(names)
-                self.report.removed.extend(_join(path, n) for n in sorted(old) if n not in present)
+                for n in sorted(old):
+                    if n not in present:
+                        self._removed(d, _join(path, n))
         else:  # on the way to a dirty directory: its listing did not change
             assert self._on_way is not None
             names = sorted(n for n in old if _join(path, n) in self._on_way)
+            d.complete = False  # the other entries are the parent's, not looked at
         for name in names:
             full = _join(path, name)
             prev = old.get(name) if old is not None else None
             if self.excludes.excluded(full) or full == self.skip:
                 if prev is not None:
-                    self.report.removed.append(full)
+                    self._removed(d, full)
                 continue
             try:
                 st = os.lstat(full)
                 node = node_from_stat(name, full, st)
             except FileNotFoundError:
                 if prev is not None:
-                    self.report.removed.append(full)
+                    self._removed(d, full)
                 continue  # vanished since it was listed
             except OSError as exc:
                 self._error(full, exc)
                 if prev is not None:
-                    self.report.removed.append(full)
+                    self._removed(d, full)
                 continue
             if stat.S_ISSOCK(st.st_mode):
                 if prev is not None:
-                    self.report.removed.append(full)
+                    self._removed(d, full)
                 continue
             if stat.S_ISREG(st.st_mode):
-                self._file(full, node, prev)
-                continue
-            self.sink(FileManifest(snapshot_id=self.snapshot_id, path=full,
-                                   node=meta_from_node(node), blobs=()))
-            if stat.S_ISDIR(st.st_mode):
+                self._file(d, full, node, prev)
+            elif stat.S_ISDIR(st.st_mode):
                 below = None if only is None else only[name]
                 subtree = prev.subtree if prev is not None and prev.type == "dir" else None
                 if below is None and self._on_way is not None and full not in self._on_way \
                         and subtree is not None and not self._rescanned(full):
-                    continue  # nothing changed below: the parent's subtree, untouched
-                yield full, node, self._listing(subtree), below
+                    # nothing changed below: the parent's subtree, untouched
+                    assert prev is not None
+                    if not _same_node(prev, node):
+                        self._capture(full, node)
+                        d.clean = False
+                    d.complete = False
+                    continue
+                d.pending += 1
+                yield _Dir(full, node, prev, d, self._listing(subtree), below)
+            elif prev is None or not _same_node(prev, node):
+                self._capture(full, node)
+                d.clean = False
+        d.listed = True
+        self._finish(d)
 
-    def _file(self, path: bytes, node: Node, prev: Node | None) -> None:
+    def _finish(self, d: _Dir | None) -> None:
+        """A directory whose subdirectories are all done: captured (fresh metadata) if
+        anything at or below it changed; else left to the parent snapshot whole, and
+        its summary (files and blob ordinals below it) handed on."""
+        while d is not None and d.listed and not d.pending:
+            up = d.parent
+            if up is None:
+                return  # the root: always assembled
+            prev = d.prev
+            if d.clean and prev is not None and prev.type == "dir" and prev.subtree is not None \
+                    and d.node is not None and _same_node(prev, d.node):
+                if d.complete and self.summaries is not None:
+                    bitmap = BitMap.union(self.summaries.blob_ordinals([prev.subtree]), *d.parts)
+                    self.summaries.subtree(prev.subtree, d.files, bitmap)
+                    up.files += d.files
+                    up.parts.append(bitmap)
+                else:
+                    up.complete = False
+            else:
+                assert d.node is not None
+                self._capture(d.path, d.node)
+                up.clean = False
+            up.pending -= 1
+            d = up
+
+    def _capture(self, path: bytes, node: Node) -> None:
+        self.sink(FileManifest(snapshot_id=self.snapshot_id, path=path,
+                               node=meta_from_node(node), blobs=()))
+
+    def _file(self, d: _Dir, path: bytes, node: Node, prev: Node | None) -> None:
         report = self.report
         if prev is not None and not self.force and unchanged(prev, node):
             report.files_unmodified += 1
             report.bytes_unmodified += prev.size
+            d.files += 1
+            if prev.content and self.summaries is not None:
+                d.parts.append(self.summaries.blob_ordinals(prev.content))
             return
+        d.clean = False
         previous = None
         if prev is not None and prev.type == "file" and prev.content is not None:
             previous = PreviousVersion(prev.size, prev.mtime, tuple(prev.content),
