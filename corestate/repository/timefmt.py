@@ -70,6 +70,15 @@ def _second(sec: int, utc: bool) -> tuple[str, str]:
             f"{tm.tm_min:02d}:{tm.tm_sec:02d}", suffix)
 
 
+@lru_cache(maxsize=65536)
+def _second_of(head: str, zone: str) -> int | None:
+    """Nanoseconds of ``YYYY-MM-DDTHH:MM:SS`` in ``zone`` (``Z`` or ``+hh:mm``), or None."""
+    try:
+        return parse_time(f"{head}{zone}")
+    except ValueError:
+        return None
+
+
 @lru_cache(maxsize=8192)
 def _date_seconds(date: str) -> int:
     """Seconds from the epoch to midnight UTC of a ``YYYY-MM-DD`` date (few distinct
@@ -78,7 +87,16 @@ def _date_seconds(date: str) -> int:
 
 
 def parse_time(text: str) -> int:
-    """Nanoseconds since the epoch from an RFC 3339 timestamp (any fraction length)."""
+    """Nanoseconds since the epoch from an RFC 3339 timestamp (any fraction length).
+
+    >>> parse_time("2026-12-07T03:34:53.760157909Z"), parse_time("1970-01-01T01:00:00+01:00")
+    (1796614493760157909, 0)
+    """
+    # Fastest: what we write (nine digits), its second and zone cached (few per tree).
+    if len(text) in (30, 35) and text[19] == "." and text[29] in "Z+-":
+        base = _second_of(text[:19], text[29:])
+        if base is not None and text[20:29].isdigit():
+            return base + int(text[20:29])
     # Fast path for the shapes restic and we write: fixed positions, no regex.
     if len(text) >= 20 and text[10] == "T" and text[4] == "-" and text[13] == ":":
         try:

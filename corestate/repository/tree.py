@@ -279,6 +279,46 @@ class Node:
         """A node from its stored JSON. Never raises: a field that cannot be read is
         left at its default and named in :attr:`damage` (a name that is not validly
         quoted is kept as its stored text)."""
+        try:
+            return cls._well_formed(d)
+        except (_Irregular, KeyError, TypeError, ValueError, IntegrityError, binascii.Error):
+            return cls._field_by_field(d)
+
+    @classmethod
+    def _well_formed(cls, d: object) -> Node:
+        """The common case, fast: every field present has its type; anything else
+        raises and :meth:`_field_by_field` says what is wrong."""
+        if type(d) is not dict:
+            raise _Irregular
+        get = d.get
+        ints = [get(k) for k in _INT_FIELDS]
+        if any(v is not None and type(v) is not int for v in ints):
+            raise _Irregular
+        texts = [get(k) for k in _TEXT_FIELDS]
+        if any(v is not None and type(v) is not str for v in texts):
+            raise _Irregular
+        name, ntype, user, group, link, error = texts
+        if not ntype or name is None:
+            raise _Irregular
+        mode, uid, gid, inode, device_id, size, links, device = (v or 0 for v in ints)
+        raw_link = get("linktarget_raw")
+        content = get("content")
+        subtree = get("subtree")
+        xattrs = get("extended_attributes")
+        return cls(
+            name=unquote_name(name), type=ntype, mode=mode,
+            mtime=_time(get("mtime") or ""), atime=_time(get("atime") or ""),
+            ctime=_time(get("ctime") or ""), uid=uid, gid=gid, user=user or "",
+            group=group or "", inode=inode, device_id=device_id, size=size, links=links,
+            linktarget=_b64(raw_link) if raw_link else (link or "").encode(
+                "utf-8", "surrogatepass"),
+            device=device, content=None if content is None else _ids(content),
+            subtree=None if subtree is None else _id(subtree),
+            xattrs=[] if xattrs is None else _xattrs(xattrs), error=error or "",
+            stored_json=d)
+
+    @classmethod
+    def _field_by_field(cls, d: object) -> Node:
         if not isinstance(d, dict):
             return cls(name=b"", type="", damage=f"entry is {type(d).__name__}, not an object")
         problems: list[str] = []
@@ -318,6 +358,14 @@ class Node:
             problems.append("type: missing")
         node.damage = "; ".join(problems)
         return node
+
+
+class _Irregular(Exception):
+    """A node's JSON is not in the common shape: read it field by field."""
+
+
+_INT_FIELDS = ("mode", "uid", "gid", "inode", "device_id", "size", "links", "device")
+_TEXT_FIELDS = ("name", "type", "user", "group", "linktarget", "error")
 
 
 def _text(value: object) -> str:
