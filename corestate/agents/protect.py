@@ -63,6 +63,7 @@ class ConsistencyPoint:
     full_scan: bool
     dirty_dirs: int
     changed_paths: frozenset[bytes]
+    rescanned: int = 0  # directories scanned whole because they are not watched
 
 
 class Protector:
@@ -95,7 +96,7 @@ class Protector:
         started = time.time()
         summary = backup(self.repo, opts, cache=self.cache)
         point = ConsistencyPoint(summary, started, time.time(), dirty is None,
-                                 len(dirty or ()), changed)
+                                 len(dirty or ()), changed, len(rescan))
         self.points.append(point)
         if self.on_point is not None:
             self.on_point(point)

@@ -21,9 +21,11 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeElapsedColumn, TransferSpeedColumn)
 
-from corestate.connectors.url import open_backend
+from corestate.connectors.metered import metered
+from corestate.connectors.url import open_backend, parse_url
 from corestate.errors import PermanentError
 from corestate.kernel.blockmap import BlockMapStore
+from corestate.repository.backend import Backend
 from corestate.repository.repository import Repository
 
 
@@ -61,7 +63,11 @@ class Context:
                              "or run on a terminal to be asked")
 
     def open_repo(self) -> Repository:
-        return Repository.open(open_backend(self.url()), self.password())
+        return Repository.open(self.open_backend(), self.password())
+
+    def open_backend(self) -> Backend:
+        """The repository's backend; metered when metrics are on (see cli.monitoring)."""
+        return metered(open_backend(self.url()), parse_url(self.url())[0])
 
     @staticmethod
     def block_store(repo: Repository) -> BlockMapStore:

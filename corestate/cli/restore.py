@@ -50,7 +50,7 @@ def access_time(ctx: Context) -> float:
 
 def open_recording(ctx: Context) -> tuple[Repository, RecordingBackend]:
     """The repository, opened through a backend that notes which packs are read."""
-    recorder = RecordingBackend(open_backend(ctx.url()))
+    recorder = RecordingBackend(ctx.open_backend())
     return Repository.open(recorder, ctx.password()), recorder
 
 

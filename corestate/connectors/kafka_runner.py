@@ -63,6 +63,7 @@ from corestate.repository.repository import Repository
 from corestate.schemas.codec import Codec
 from corestate.schemas.errors import UndecodableEventError
 from corestate.schemas.events import DeadLetter, SnapshotMarker
+from corestate.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class Role:
         msg = event.message
         generation = self.generation
         barrier = None
+        started, decoded = time.perf_counter(), None
         try:
             decoded = self.codec.decode(msg.value or b"")
             if isinstance(decoded, SnapshotMarker) and decoded.kind == "end":
@@ -135,6 +137,7 @@ class Role:
             emits = [self._dead_letter(msg, getattr(exc, "reason", None) or str(exc))]
         for emit in emits:
             await self._send(emit)
+        metrics().stage_record(self.name, msg.topic, decoded, emits, time.perf_counter() - started)
         if generation != self.generation:
             return  # partitions moved meanwhile: the new owner replays this record
         self._pending.append((event, barrier))

@@ -88,9 +88,13 @@ class BackupSummary:
     files_changed: int = 0
     files_unmodified: int = 0
     dirs: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unmodified: int = 0
     data_blobs: int = 0
     tree_blobs: int = 0
-    data_added: int = 0
+    data_added: int = 0  # new blobs (data and tree), before compression, as restic counts
+    data_added_packed: int = 0  # the same, as stored: compressed and encrypted
     total_files_processed: int = 0
     total_bytes_processed: int = 0
     total_duration: float = 0.0
@@ -118,6 +122,7 @@ class _DirJob:
     node: Node
     children: list[_Child]
     done: Future[_Entry | None]
+    old_tree: bytes | None = None  # the directory's tree in the parent snapshot
 
 
 @dataclass
@@ -399,7 +404,7 @@ class _Run:
                 if entry is not None:
                     children.append(entry)
         done: Future[_Entry | None] = Future()
-        self.jobs.put(_DirJob(node, children, done))
+        self.jobs.put(_DirJob(node, children, done, old.subtree if old is not None else None))
         return done
 
     def _entry(self, full: bytes, name: bytes, old: Node | None,
@@ -460,18 +465,23 @@ class _Run:
             tree_id = hashlib.sha256(blob).digest()
             if self.dedup.claim(tree_id):
                 self.summary.tree_blobs += 1
+                self.summary.data_added += len(blob)
                 self._store(tree_id, BlobType.TREE, blob)
             bitmap = BitMap.union(self.table.ordinals([tree_id]), *bitmaps)
             self.bitmaps[tree_id] = bitmap
             job.node.subtree = tree_id
             job.node.content = None
             self.summary.dirs += 1
+            state = ("dirs_new" if job.old_tree is None else
+                     "dirs_unmodified" if job.old_tree == tree_id else "dirs_changed")
+            setattr(self.summary, state, getattr(self.summary, state) + 1)
             root = (job.node, bitmap)
             job.done.set_result(root)
             if self.progress is not None and time.monotonic() - self._last_progress > 0.1:
                 self._last_progress = time.monotonic()
                 self.progress(self.summary, "")
         self.summary.dirs -= 1  # the root is not a directory of the source
+        setattr(self.summary, state, getattr(self.summary, state) - 1)
         assert root is not None
         return root
 
@@ -555,4 +565,5 @@ def backup(repo: Repository, opts: BackupOptions, progress: Progress | None = No
     summary.snapshot_id = snap_id
     summary.parent = snap.parent
     summary.total_duration = time.monotonic() - started
+    summary.data_added_packed = run.packer.bytes_stored
     return summary
