@@ -127,7 +127,8 @@ class OtelRecorder(Recorder):
             result = "failure"
         else:
             result = "success" if not summary.errors else "partial"
-        self._add(ins.BACKUP_RUNS, 1, {**run, "result": result})
+        for outcome in ("success", "partial", "failure"):  # every result has a series
+            self._add(ins.BACKUP_RUNS, 1 if outcome == result else 0, {**run, "result": outcome})
         self._record(ins.BACKUP_DURATION, seconds, {**run, "result": result})
         if max_age is not None:
             self._set(ins.BACKUP_MAX_AGE, max_age, run)
