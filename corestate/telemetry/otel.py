@@ -38,8 +38,6 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - the default install ha
                          "pip install 'corestate[metrics]'") from None
 
 from corestate import __version__
-from corestate.schemas.events import (BarrierAck, DeadLetter, SnapshotCommitted,
-                                      SnapshotMarker)
 from corestate.telemetry import instruments as ins
 from corestate.telemetry.recorder import Recorder
 from corestate.telemetry.rpo import PendingChanges
@@ -200,6 +198,10 @@ class OtelRecorder(Recorder):
     # -- distributed mode ----------------------------------------------------------------
     def stage_record(self, role: str, topic: str, decoded: Any, emits: Sequence[Any],
                      seconds: float) -> None:
+        # here, not at the top: a backup's recorder need not load the Avro events
+        from corestate.schemas.events import (BarrierAck, DeadLetter, SnapshotCommitted,
+                                              SnapshotMarker)
+
         self._add(ins.KAFKA_CONSUMED, 1, {"topic": topic, "role": role})
         self._record(ins.STAGE_DURATION, seconds, {"role": role})
         prefix = topic.rsplit(".", 1)[0] if "." in topic else ""

@@ -140,3 +140,9 @@ def test_a_plain_backup_loads_no_opentelemetry(tmp_path: Path) -> None:
 @pytest.mark.parametrize("paths", [["/a", "/b"], ["/b", "/a/"]])
 def test_source_set_ignores_order_and_trailing_slashes(paths: list[str]) -> None:
     assert ins.source_set(paths) == ins.source_set(["/a", "/b"]) != ins.source_set(["/a"])
+
+
+def test_design_md_lists_every_metric() -> None:
+    design = (ROOT / "docs" / "design.md").read_text()
+    for inst in ins.ALL:
+        assert f"`{ins.prometheus_name(inst)}`" in design, inst.name
