@@ -20,7 +20,6 @@ push, textfile, listener, notifications.
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
     from corestate.repository.repository import Repository
     from corestate.telemetry.notify import Notifier
 
-log = logging.getLogger("corestate.cli.monitoring")
 
 _T = TypeVar("_T")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -163,8 +161,7 @@ class Monitor:
 
             try:
                 push(rec, self.settings.push, f"corestate_{self.command}", self.grouping)
-            except Exception as exc:
-                log.warning("metrics not pushed to %s: %s", self.settings.push, exc)
+            except Exception as exc:  # the URL is not shown: it may carry credentials
                 click.echo(f"warning: metrics not pushed to the Pushgateway: {exc}", err=True)
         if rec is not None and self.settings.file:
             from corestate.telemetry.exporters import write_textfile
