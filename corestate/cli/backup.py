@@ -61,7 +61,7 @@ def backup(ctx: Context, paths: tuple[str, ...], excludes: tuple[str, ...],
                  f"{summary.files_unmodified} unmodified")
         ctx.info(f"Dirs:  {summary.dirs_new} new, {summary.dirs_changed} changed, "
                  f"{summary.dirs_unmodified} unmodified")
-        ctx.info(f"Added to the repository: {human_size(summary.data_added)} "
+        ctx.info(f"Added to the repository: {human_size(summary.data_added + summary.tree_added)} "
                  f"({human_size(summary.data_added_packed)} stored; {summary.data_blobs} "
                  f"data blobs, {summary.tree_blobs} tree blobs)")
         ctx.info(f"processed {summary.total_files_processed} files, "
@@ -85,7 +85,7 @@ def json_summary(summary: BackupSummary) -> dict[str, object]:
             "dirs_new": summary.dirs_new, "dirs_changed": summary.dirs_changed,
             "dirs_unmodified": summary.dirs_unmodified,
             "data_blobs": summary.data_blobs, "tree_blobs": summary.tree_blobs,
-            "data_added": summary.data_added,
+            "data_added": summary.data_added + summary.tree_added,  # restic: trees too
             "total_files_processed": summary.total_files_processed,
             "total_bytes_processed": summary.total_bytes_processed,
             "total_duration": summary.total_duration,

@@ -93,8 +93,9 @@ class BackupSummary:
     dirs_unmodified: int = 0
     data_blobs: int = 0
     tree_blobs: int = 0
-    data_added: int = 0  # new blobs (data and tree), before compression, as restic counts
-    data_added_packed: int = 0  # the same, as stored: compressed and encrypted
+    data_added: int = 0  # bytes of new data blobs
+    tree_added: int = 0  # bytes of new tree blobs (restic counts them in its data_added)
+    data_added_packed: int = 0  # new data and tree blobs as stored: compressed, encrypted
     total_files_processed: int = 0
     total_bytes_processed: int = 0
     total_duration: float = 0.0
@@ -465,7 +466,7 @@ class _Run:
             tree_id = hashlib.sha256(blob).digest()
             if self.dedup.claim(tree_id):
                 self.summary.tree_blobs += 1
-                self.summary.data_added += len(blob)
+                self.summary.tree_added += len(blob)
                 self._store(tree_id, BlobType.TREE, blob)
             bitmap = BitMap.union(self.table.ordinals([tree_id]), *bitmaps)
             self.bitmaps[tree_id] = bitmap

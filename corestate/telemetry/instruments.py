@@ -83,7 +83,7 @@ BACKUP_PROCESSED = Instrument(
     "Bytes of the files a backup looked at (restic's total_bytes_processed).", _RUN)
 BACKUP_ADDED = Instrument(
     "corestate.backup.added", "counter", "By",
-    "Bytes of new blobs, before compression (restic's data_added).", _RUN)
+    "Bytes of new data and tree blobs, before compression (restic's data_added).", _RUN)
 BACKUP_STORED = Instrument(
     "corestate.backup.stored", "counter", "By",
     "Bytes of new blobs as stored: compressed and encrypted (restic's data_added_packed).",

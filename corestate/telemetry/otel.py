@@ -135,7 +135,7 @@ class OtelRecorder(Recorder):
         if summary.snapshot_id:
             self._set(ins.BACKUP_LAST_SUCCESS, time.time(), run)
         self._add(ins.BACKUP_PROCESSED, summary.total_bytes_processed, run)
-        self._add(ins.BACKUP_ADDED, summary.data_added, run)
+        self._add(ins.BACKUP_ADDED, summary.data_added + getattr(summary, "tree_added", 0), run)
         self._add(ins.BACKUP_STORED, getattr(summary, "data_added_packed", 0), run)
         for state, n in (("new", summary.files_new), ("changed", summary.files_changed),
                          ("unmodified", summary.files_unmodified),
