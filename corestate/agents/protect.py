@@ -70,6 +70,7 @@ class ConsistencyPoint:
     full_scan: bool
     dirty_dirs: int
     changed_paths: frozenset[bytes]
+    rescanned: int = 0  # directories scanned whole because they are not watched
 
 
 class Protector:
@@ -106,7 +107,7 @@ class Protector:
         if summary.skipped:
             return None  # events, but nothing changed: no snapshot
         point = ConsistencyPoint(summary, started, time.time(), summary.full_scan,
-                                 len(dirty or ()), changed)
+                                 len(dirty or ()), changed, len(rescan))
         self.points.append(point)
         if self.on_point is not None:
             self.on_point(point)

@@ -77,6 +77,7 @@ from corestate.pipeline.capture import ExcludeMatcher
 from corestate.pipeline.guard import alert_id
 from corestate.repository.repository import Repository
 from corestate.schemas import events
+from corestate.telemetry import metrics
 
 try:
     from corestate.models.alerts import Alert, AlertLedger, append_line
@@ -215,6 +216,7 @@ class Sentinel:
             self._window, self._window_max, self._window_alerted = window, 0.0, False
         self.forecaster.observe(now, len(batch.kinds))
         verdict = self.detector.judge(window.features())
+        metrics().anomaly_score(self.options.host, verdict.score)
         self._window_max = max(self._window_max, verdict.score)
         if verdict.alert:
             self._window_alerted = True
@@ -272,6 +274,7 @@ class Sentinel:
                 self._extended(episode)
             return
         start = self._attack_start(window, now)
+        metrics().anomaly_alert(self.options.host, verdict.score, verdict.threshold, len(window.paths()))
         x = window.features()
         alert = Alert(time=now, host=self.options.host, score=verdict.score,
                       threshold=verdict.threshold, reason=verdict.reason_text(), paths=paths,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from corestate.cli import monitoring
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
 from corestate.connectors.kafka_topics import DEFAULT_PREFIX, client_config, open_schema_registry
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
               metavar="SECONDS", help="How long a run waits for the previous one to be "
                                       "committed, to send only what changed since; then it "
                                       "is a full run.")
+@monitoring.service_options
 @pass_ctx
 def agent(ctx: Context, paths: tuple[str, ...], bootstrap: str | None, host_id: str | None,
           once: bool, excludes: tuple[str, ...], tags: tuple[str, ...], prefix: str,
@@ -73,6 +75,7 @@ def agent(ctx: Context, paths: tuple[str, ...], bootstrap: str | None, host_id: 
 
     if once and (alerts_file or detect):
         raise PermanentError("--alerts and --detect need a watching agent (without --once)")
+    mon = monitoring.start("agent")
     client = client_config(kafka_config, bootstrap=bootstrap)
     codec = Codec(open_schema_registry(schema_registry))  # fail now if it does not answer
     if not ctx.verbose:
@@ -80,6 +83,8 @@ def agent(ctx: Context, paths: tuple[str, ...], bootstrap: str | None, host_id: 
     host = host_id or socket.gethostname()
 
     def report(summary: ScanSummary) -> None:
+        mon.agent_run(host, summary.parent is not None, summary.records, f"{prefix}.captures",
+                      summary.bytes)
         for path in summary.inconsistent:
             ctx.warn(f"{path}: changed while being read; saved content may mix versions")
         for path, msg in summary.errors:
@@ -98,24 +103,28 @@ def agent(ctx: Context, paths: tuple[str, ...], bootstrap: str | None, host_id: 
                      f"{summary.records} records")
 
     if not once:
-        sentinel = _sentinel(ctx, list(paths), host, prefix, list(excludes), detect, alerts_file)
+        sentinel = _sentinel(ctx, list(paths), host, prefix, list(excludes), detect, alerts_file,
+                             mon)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         feed = CommitFeed(client, prefix, codec)
-        watch(list(paths), CapturePublisher(client, prefix, codec), feed, host, stop,
-              excludes=list(excludes), tags=list(tags), on_run=report, sentinel=sentinel,
-              parent_wait=parent_wait)
+        with mon.failures("agent_failed"):
+            watch(list(paths), CapturePublisher(client, prefix, codec), feed, host, stop,
+                  excludes=list(excludes), tags=list(tags), on_run=report, sentinel=sentinel,
+                  parent_wait=parent_wait)
         return
-    summary = publish_once(CapturePublisher(client, prefix, codec), list(paths), host=host,
-                           excludes=list(excludes), tags=list(tags))
+    with mon.failures("agent_failed"):
+        summary = publish_once(CapturePublisher(client, prefix, codec), list(paths),
+                               host=host, excludes=list(excludes), tags=list(tags))
     report(summary)
     if summary.errors:
         raise IncompleteBackupError(f"{len(summary.errors)} file(s) could not be read (listed above)")
 
 
 def _sentinel(ctx: Context, paths: list[str], host: str, prefix: str, excludes: list[str],
-              detect: bool | None, alerts_file: str | None) -> AgentSentinel | None:
+              detect: bool | None, alerts_file: str | None,
+              mon: monitoring.Monitor) -> AgentSentinel | None:
     """The watching agent's anomaly detector, started; None if not wanted or not installed."""
     if detect is False and not alerts_file:
         return None
@@ -131,13 +140,15 @@ def _sentinel(ctx: Context, paths: list[str], host: str, prefix: str, excludes: 
     state = os.path.join(base, "agent", f"{prefix}-{host}", "detector.pkl")
     sentinel = AgentSentinel(paths, SentinelOptions(
         alerts_file=os.path.abspath(alerts_file) if alerts_file else None, state_path=state,
-        host=host), excludes=excludes, on_alert=lambda a: _report_alert(ctx, a, prefix))
+        host=host), excludes=excludes, on_alert=lambda a: _report_alert(ctx, a, prefix, mon))
+    mon.detecting(host)
     sentinel.start()
     return sentinel
 
 
-def _report_alert(ctx: Context, alert: object, prefix: str) -> None:
+def _report_alert(ctx: Context, alert: object, prefix: str, mon: monitoring.Monitor) -> None:
     line = alert.line()  # type: ignore[attr-defined]
+    mon.alert(line, f"{prefix}.alerts")
     if ctx.json:
         ctx.emit({"message_type": "alert", **line})
     else:

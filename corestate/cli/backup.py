@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from corestate.cli import monitoring
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
 from corestate.errors import IncompleteBackupError
@@ -22,6 +23,7 @@ from corestate.pipeline.backup import BackupOptions, BackupSummary, backup as ru
 @click.option("--parent", metavar="SNAPSHOT",
               help="Compare against this snapshot (default: latest of the same host and paths).")
 @click.option("--force", is_flag=True, help="Re-read every file, even unchanged ones.")
+@monitoring.oneshot_options(max_age=True)
 @pass_ctx
 def backup(ctx: Context, paths: tuple[str, ...], excludes: tuple[str, ...],
            exclude_file: tuple, tags: tuple[str, ...], host: str | None,  # type: ignore[type-arg]
@@ -39,13 +41,15 @@ def backup(ctx: Context, paths: tuple[str, ...], excludes: tuple[str, ...],
                          force=force)
     if host:
         opts.hostname = host
+    mon = monitoring.start("backup", ctx.password_file)
     repo = ctx.open_repo()
     opts.block_store = ctx.block_store(repo)
     with ctx.progress("backup", bytes_=True) as bar:
         def progress(s: BackupSummary, _path: str) -> None:
             bar.update(completed=s.total_bytes_processed,
                        detail=f"{s.total_files_processed} files")
-        summary = run_backup(repo, opts, progress)
+        summary = mon.backup(repo, opts.paths, opts.hostname,
+                             lambda: run_backup(repo, opts, progress))
     for warning in summary.warnings:
         ctx.warn(warning)
     for path in summary.inconsistent:
@@ -53,23 +57,15 @@ def backup(ctx: Context, paths: tuple[str, ...], excludes: tuple[str, ...],
     for path, msg in summary.errors:
         ctx.warn(f"{path}: {msg}")
     if ctx.json:
-        ctx.emit({"message_type": "summary", "snapshot_id": summary.snapshot_id,
-                  "parent": summary.parent,
-                  "files_new": summary.files_new, "files_changed": summary.files_changed,
-                  "files_unmodified": summary.files_unmodified, "dirs": summary.dirs,
-                  "data_blobs": summary.data_blobs, "tree_blobs": summary.tree_blobs,
-                  "data_added": summary.data_added + summary.tree_added,  # as restic's
-                  "total_files_processed": summary.total_files_processed,
-                  "total_bytes_processed": summary.total_bytes_processed,
-                  "total_duration": round(summary.total_duration, 3),
-                  "errors": [{"path": p, "error": m} for p, m in summary.errors],
-                  "inconsistent": summary.inconsistent, "warnings": summary.warnings,
-                  "complete": summary.complete})
+        ctx.emit(json_summary(summary))
     else:
         ctx.info(f"Files: {summary.files_new} new, {summary.files_changed} changed, "
                  f"{summary.files_unmodified} unmodified")
+        ctx.info(f"Dirs:  {summary.dirs_new} new, {summary.dirs_changed} changed, "
+                 f"{summary.dirs_unmodified} unmodified")
         ctx.info(f"Added to the repository: {human_size(summary.data_added + summary.tree_added)} "
-                 f"({summary.data_blobs} data blobs, {summary.tree_blobs} tree blobs)")
+                 f"({human_size(summary.data_added_packed)} stored; {summary.data_blobs} "
+                 f"data blobs, {summary.tree_blobs} tree blobs)")
         ctx.info(f"processed {summary.total_files_processed} files, "
                  f"{human_size(summary.total_bytes_processed)} in {summary.total_duration:.2f}s")
         ctx.info(f"snapshot {summary.snapshot_id[:8]} saved")
@@ -77,3 +73,26 @@ def backup(ctx: Context, paths: tuple[str, ...], excludes: tuple[str, ...],
         raise IncompleteBackupError(
             f"snapshot {summary.snapshot_id[:8]} saved, but {len(summary.errors)} "
             "file(s) could not be read (listed above)")
+
+
+def json_summary(summary: BackupSummary) -> dict[str, object]:
+    """The last line of ``backup --json``: restic's summary message (restic's field names,
+    in restic's order, so tools written for ``restic backup --json`` read it), then
+    CoreState's own fields: ``data_added_packed`` (restic 0.17's name), the parent, and
+    what went wrong. ``snapshot_id`` is the full id, as restic prints it since 0.15
+    (0.14 printed the first 8 digits)."""
+    return {"message_type": "summary",
+            "files_new": summary.files_new, "files_changed": summary.files_changed,
+            "files_unmodified": summary.files_unmodified,
+            "dirs_new": summary.dirs_new, "dirs_changed": summary.dirs_changed,
+            "dirs_unmodified": summary.dirs_unmodified,
+            "data_blobs": summary.data_blobs, "tree_blobs": summary.tree_blobs,
+            "data_added": summary.data_added + summary.tree_added,  # restic: trees too
+            "total_files_processed": summary.total_files_processed,
+            "total_bytes_processed": summary.total_bytes_processed,
+            "total_duration": summary.total_duration,
+            "snapshot_id": summary.snapshot_id,
+            "data_added_packed": summary.data_added_packed, "parent": summary.parent,
+            "errors": [{"path": p, "error": m} for p, m in summary.errors],
+            "inconsistent": summary.inconsistent, "warnings": summary.warnings,
+            "complete": summary.complete}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from corestate.cli import monitoring
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
 from corestate.cli.prune import phase_bars
@@ -16,6 +17,7 @@ from corestate.maintenance import check as checking
 @click.option("--read-data", is_flag=True,
               help="Also read every pack: its hash, its header, and every blob's "
                    "encryption, compression and id (reads the whole repository).")
+@monitoring.oneshot_options()
 @pass_ctx
 def check(ctx: Context, read_data: bool) -> None:
     """Check the repository for errors, as `restic check` does.
@@ -33,11 +35,15 @@ def check(ctx: Context, read_data: bool) -> None:
     With --read-data the packs read are added to the repository's access log, as a
     restore's are (see `corestate tiering`); a failure to record is only a warning.
     """
+    mon = monitoring.start("check", ctx.password_file)
     repo, recorder = open_recording(ctx)
     started = access_time(ctx) if read_data else 0.0
     with ctx.read_lock(repo), phase_bars(ctx) as progress:
         try:
             report = checking.check(repo, read_data, progress)
+        except (CoreStateError, OSError) as exc:
+            mon.check(repo, read_data, None, f"check could not finish: {exc}")
+            raise
         finally:
             if read_data:  # without it only tree packs are read, which tiering never moves
                 record_reads(ctx, repo, recorder, "check", started)
@@ -56,6 +62,7 @@ def check(ctx: Context, read_data: bool) -> None:
             for snap_id, path in problem.users:
                 ctx.err.print(f"  used by snapshot {snap_id[:8]}: "
                               f"{path.decode('utf-8', 'backslashreplace')}", markup=False)
+    mon.check(repo, read_data, len(report.errors))
     if not report.ok:
         raise CoreStateError(f"check found {len(report.errors)} errors")
     ctx.info("no errors were found")

@@ -27,9 +27,11 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeElapsedColumn, TransferSpeedColumn)
 
 from corestate.cli.defaults import Defaults, config_path
-from corestate.connectors.url import open_backend
+from corestate.connectors.metered import metered
+from corestate.connectors.url import open_backend, parse_url
 from corestate.errors import CoreStateError, PermanentError
 from corestate.kernel.blockmap import BlockMapStore
+from corestate.repository.backend import Backend
 from corestate.repository.keys import Password, password_from_file
 from corestate.repository.repository import Repository
 
@@ -92,7 +94,11 @@ class Context:
                              "or run on a terminal to be asked")
 
     def open_repo(self) -> Repository:
-        return Repository.open(open_backend(self.url()), self.password())
+        return Repository.open(self.open_backend(), self.password())
+
+    def open_backend(self) -> Backend:
+        """The repository's backend; metered when metrics are on (see cli.monitoring)."""
+        return metered(open_backend(self.url()), parse_url(self.url())[0])
 
     def damaged_snapshot(self, snap_id: str, exc: CoreStateError) -> None:
         """The ``on_damaged`` of commands that list snapshots: warn and go on, as restic."""

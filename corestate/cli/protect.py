@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from types import FrameType
 
 import click
 
 from corestate.agents.protect import ConsistencyPoint, Protector, ProtectOptions
+from corestate.cli import monitoring
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
+from corestate.kernel.watch import ChangeBatch
 
 
 @cli.command()
@@ -27,6 +30,7 @@ from corestate.cli.main import cli
                    "alerts to FILE as JSON lines, lock the last clean snapshot against "
                    "forget/prune and raise the capture cadence on an alert. See `corestate "
                    "alerts`.")
+@monitoring.service_options
 @pass_ctx
 def protect(ctx: Context, paths: tuple[str, ...], interval: float, excludes: tuple[str, ...],
             tags: tuple[str, ...], host: str | None, alerts_file: str | None) -> None:
@@ -37,6 +41,7 @@ def protect(ctx: Context, paths: tuple[str, ...], interval: float, excludes: tup
     SIGTERM or Ctrl-C commits what is pending, then exits. With --json, prints one JSON
     object per snapshot (and, with --alerts, one per alert).
     """
+    mon = monitoring.start("protect", ctx.password_file)
     repo = ctx.open_repo()
     block_store = ctx.block_store(repo)
     opts = ProtectOptions(list(paths), list(excludes), list(tags), interval=interval,
@@ -48,16 +53,26 @@ def protect(ctx: Context, paths: tuple[str, ...], interval: float, excludes: tup
         state = os.path.join(os.path.dirname(block_store.directory), "detector.pkl")
         sentinel = ProtectSentinel(repo, opts, SentinelOptions(alerts_file=os.path.abspath(alerts_file),
                                                         state_path=state),
-                            on_alert=lambda a: _report_alert(ctx, a))
+                            on_alert=lambda a: _report_alert(ctx, a, mon))
+        mon.detecting(sentinel.options.host)
 
     def on_point(point: ConsistencyPoint) -> None:
         _report(ctx, point)
+        mon.protect_point(point)
         if sentinel is not None:
             sentinel.on_point(point)
 
-    protector = Protector(repo, opts, on_point=on_point,
-                          on_batch=sentinel.on_batch if sentinel is not None else None,
-                          on_error=lambda e: ctx.warn(f"snapshot failed, retrying: {e}"))
+    def on_batch(batch: ChangeBatch) -> None:
+        mon.protect_batch(batch)
+        if sentinel is not None:
+            sentinel.on_batch(batch)
+
+    def on_error(exc: Exception) -> None:
+        ctx.warn(f"snapshot failed, retrying: {exc}")
+        mon.protect_failed(exc)
+
+    protector = Protector(repo, opts, on_point=on_point, on_batch=on_batch, on_error=on_error)
+    mon.protect(repo, protector.paths, host or socket.gethostname(), lambda: opts.interval)
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         protector.stop()
@@ -76,8 +91,9 @@ def protect(ctx: Context, paths: tuple[str, ...], interval: float, excludes: tup
         sentinel.close()
 
 
-def _report_alert(ctx: Context, alert: object) -> None:
+def _report_alert(ctx: Context, alert: object, mon: monitoring.Monitor) -> None:
     line = alert.line()  # type: ignore[attr-defined]
+    mon.alert(line)
     if ctx.json:
         ctx.emit({"message_type": "alert", **line})
     else:

@@ -10,7 +10,6 @@ import click
 
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
-from corestate.connectors.url import open_backend
 from corestate.errors import CoreStateError, PermanentError
 from corestate.maintenance.tiering import AccessRun, RecordingBackend, save_access_log
 from corestate.restore import Overwrite
@@ -51,7 +50,7 @@ def access_time(ctx: Context) -> float:
 
 def open_recording(ctx: Context) -> tuple[Repository, RecordingBackend]:
     """The repository, opened through a backend that notes which packs are read."""
-    recorder = RecordingBackend(open_backend(ctx.url()))
+    recorder = RecordingBackend(ctx.open_backend())
     return Repository.open(recorder, ctx.password()), recorder
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import click
 
+from corestate.cli import monitoring
 from corestate.cli.context import Context, pass_ctx
 from corestate.cli.main import cli
 from corestate.connectors.kafka_topics import DEFAULT_PREFIX, client_config, open_schema_registry
@@ -33,6 +34,7 @@ from corestate.connectors.kafka_topics import DEFAULT_PREFIX, client_config, ope
 @click.option("--abandon-after", type=click.FloatRange(min=1), default=3600.0, show_default=True,
               metavar="SECONDS", help="Drop a snapshot in progress that received nothing for "
                                       "this long (its agent died before finishing the run).")
+@monitoring.service_options
 @pass_ctx
 def worker(ctx: Context, bootstrap: str | None, roles: str, schema_registry: str | None,
            prefix: str, kafka_config: str | None, abandon_after: float) -> None:
@@ -42,16 +44,18 @@ def worker(ctx: Context, bootstrap: str | None, roles: str, schema_registry: str
     from corestate.schemas.codec import Codec
 
     wanted = roles_of(roles)
+    mon = monitoring.start("worker", ctx.password_file)
     client = client_config(kafka_config, bootstrap=bootstrap)
     codec = Codec(open_schema_registry(schema_registry))  # fail now if it does not answer
     need_repo = any(r != "chunk" for r in wanted)
     password = ctx.password() if need_repo else ""
     if need_repo:
         ctx.open_repo()  # fail now on a wrong URL or password
-    from corestate.connectors.url import open_backend
     from corestate.repository.repository import Repository
 
     ctx.info(f"worker running {', '.join(wanted)} on {client['bootstrap.servers']}")
-    run_worker(client, wanted, lambda: Repository.open(open_backend(ctx.url()), password),
-               prefix=prefix, abandon_after=abandon_after,
-               loglevel="INFO" if ctx.verbose else "WARNING", codec=codec)
+    mon.worker(client, prefix, wanted)
+    with mon.failures("worker_failed"):
+        run_worker(client, wanted, lambda: Repository.open(ctx.open_backend(), password),
+                   prefix=prefix, abandon_after=abandon_after,
+                   loglevel="INFO" if ctx.verbose else "WARNING", codec=codec)

@@ -68,6 +68,7 @@ from corestate.repository.repository import Repository
 from corestate.schemas.codec import Codec
 from corestate.schemas.errors import UndecodableEventError
 from corestate.schemas.events import DeadLetter
+from corestate.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class Role:
         msg = event.message
         generation = self.generation
         settled_alone = False
+        started, decoded = time.perf_counter(), None
         try:
             decoded = self.codec.decode(msg.value or b"")
             emits = list(self.stage.handle(msg.partition, msg.offset, decoded))
@@ -138,6 +140,7 @@ class Role:
             settled_alone = True  # the stage holds nothing of it
         for emit in emits:
             await self._send(emit)
+        metrics().stage_record(self.name, msg.topic, decoded, emits, time.perf_counter() - started)
         if generation != self.generation:
             return  # partitions moved meanwhile: the new owner replays this record
         if settled_alone:

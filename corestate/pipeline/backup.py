@@ -81,10 +81,14 @@ class BackupSummary:
     files_changed: int = 0
     files_unmodified: int = 0
     dirs: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unmodified: int = 0
     data_blobs: int = 0
     tree_blobs: int = 0
-    data_added: int = 0
-    tree_added: int = 0  # plaintext bytes of new tree blobs (restic adds them to data_added)
+    data_added: int = 0  # bytes of new data blobs
+    tree_added: int = 0  # bytes of new tree blobs (restic counts them in its data_added)
+    data_added_packed: int = 0  # new data and tree blobs as stored: compressed, encrypted
     total_files_processed: int = 0
     total_bytes_processed: int = 0
     total_duration: float = 0.0
@@ -215,16 +219,20 @@ def _run(repo: Repository, opts: BackupOptions, paths: list[str], progress: Prog
     summary.total_files_processed += report.files_unmodified
     summary.total_bytes_processed += report.bytes_unmodified
     summary.dirs = max(0, report.dirs - 1)  # the root is not a directory of the source
+    summary.dirs_new, summary.dirs_changed = report.dirs_new, report.dirs_changed
+    summary.dirs_unmodified = report.dirs_unmodified
     summary.errors = [(os.fsdecode(p), m) for p, m in report.errors]
     for lane in result.reports:
         summary.files_new += lane.read.files_new
         summary.files_changed += lane.read.files_changed
         summary.data_blobs += lane.blobs_stored
         summary.data_added += lane.bytes_added
+        summary.data_added_packed += lane.bytes_packed
         summary.inconsistent += [os.fsdecode(p) for p in lane.read.inconsistent]
         summary.errors += [(os.fsdecode(p), m) for p, m in lane.read.errors]
     summary.tree_blobs = commit.tree_blobs
     summary.tree_added = commit.tree_bytes
+    summary.data_added_packed += commit.tree_packed
     summary.warnings = list(commit.warnings)
     summary.total_duration = time.monotonic() - started
     cache.parent = commit.snapshot

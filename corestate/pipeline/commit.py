@@ -83,6 +83,7 @@ class CommitReport:
     snapshot: Snapshot
     tree_blobs: int = 0
     tree_bytes: int = 0
+    tree_packed: int = 0  # the new tree blobs as stored
     warnings: list[str] = field(default_factory=list)
     skipped: bool = False  # its tree equals its parent's: no new snapshot (the parent's id)
 
@@ -251,6 +252,7 @@ class CommitStage:
             packer.flush()
         finally:
             packer.close()
+        packed = packer.bytes_stored
         repo.flush_index()
         root = assembly.root
         memo.update(assembly.counts)
@@ -263,7 +265,7 @@ class CommitStage:
                 snapshot_id=snapshot_id, restic_id=same.id, host=marker.host,
                 paths=tuple(paths), time=marker.time, tree=root.hex(), files=assembly.files,
                 bytes_added=stats[1], tags=marker.tags)
-            report = CommitReport(unchanged, same, stats[0], stats[1], skipped=True)
+            report = CommitReport(unchanged, same, stats[0], stats[1], packed, skipped=True)
             self.reports.append(report)
             return report
         restic_id = None
@@ -280,7 +282,7 @@ class CommitStage:
         done = SnapshotCommitted(snapshot_id=snapshot_id, restic_id=restic_id, host=marker.host,
                                  paths=tuple(paths), time=marker.time, tree=root.hex(),
                                  files=assembly.files, bytes_added=stats[1], tags=marker.tags)
-        report = CommitReport(done, snap, stats[0], stats[1])
+        report = CommitReport(done, snap, stats[0], stats[1], packed)
         self._save_bitmap(report, built)
         self.reports.append(report)
         return report

@@ -78,6 +78,7 @@ class LaneReport:
     read: ReadReport
     blobs_stored: int
     bytes_added: int
+    bytes_packed: int  # as stored: compressed and encrypted
 
 
 class Lane:
@@ -90,7 +91,7 @@ class Lane:
         self.pack = PackStage(cfg.repo, cfg.lanes, barrier_sources=1,
                               flush_every=float("inf"))
         self._position = 0
-        self._stored = (0, 0)
+        self._stored = (0, 0, 0)
 
     def process(self, records: list[Record]) -> list[Any]:
         """Run records through the lane; what goes to the committer, in order."""
@@ -100,7 +101,8 @@ class Lane:
             if isinstance(record, SnapshotMarker) and record.kind == "begin":
                 self.pack.reset()  # deduplicate against what was stored since
                 self.chunk.report = ReadReport()
-                self._stored = (self.pack.blobs_stored, self.pack.bytes_added)
+                self._stored = (self.pack.blobs_stored, self.pack.bytes_added,
+                                self.pack.packer.bytes_stored)
             for emit in self.chunk.handle(self.index, self._position, record):
                 if emit.topic == "chunks":
                     out.extend(e.event for e in self.pack.handle(self.index, self._position,
@@ -110,7 +112,8 @@ class Lane:
             if isinstance(record, SnapshotMarker) and record.kind == "end":
                 out.append(LaneReport(self.index, self.chunk.report,
                                       self.pack.blobs_stored - self._stored[0],
-                                      self.pack.bytes_added - self._stored[1]))
+                                      self.pack.bytes_added - self._stored[1],
+                                      self.pack.packer.bytes_stored - self._stored[2]))
         return out
 
     def close(self) -> None:

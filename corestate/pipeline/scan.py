@@ -55,6 +55,9 @@ class ScanReport:
 
     files_unmodified: int = 0
     bytes_unmodified: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unmodified: int = 0
     files_to_read: int = 0
     bytes_to_read: int = 0
     dirs: int = 0
@@ -273,6 +276,7 @@ class Scanner:
             prev = d.prev
             if d.clean and prev is not None and prev.type == "dir" and prev.subtree is not None \
                     and d.node is not None and _same_node(prev, d.node):
+                self.report.dirs_unmodified += 1
                 if d.complete and self.summaries is not None:
                     bitmap = BitMap.union(self.summaries.blob_ordinals([prev.subtree]), *d.parts)
                     self.summaries.subtree(prev.subtree, d.files, bitmap)
@@ -284,6 +288,10 @@ class Scanner:
                 assert d.node is not None
                 self._capture(d.path, d.node)
                 up.clean = False
+                if prev is None or prev.type != "dir":
+                    self.report.dirs_new += 1
+                else:
+                    self.report.dirs_changed += 1
             up.pending -= 1
             d = up
 
