@@ -148,3 +148,25 @@ def tree_manifest(root: Path, with_atime: bool = False) -> dict[bytes, tuple[obj
 def restored_root(target: Path, src: Path) -> Path:
     """Where a restore into ``target`` puts ``src`` (the absolute path nests)."""
     return target / str(src).lstrip("/")
+
+
+# -- real storage servers (deploy/storage/*.sh), one per session, started on first use ---
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from tests.storage_servers import running
+
+    yield from running("s3", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def azure_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from tests.storage_servers import running
+
+    yield from running("azure", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from tests.storage_servers import running
+
+    yield from running("gs", tmp_path_factory)
