@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeElapsedColumn, TransferSpeedColumn)
 
+from corestate.connectors import immutable
 from corestate.connectors.url import open_backend
 from corestate.errors import PermanentError
 from corestate.kernel.blockmap import BlockMapStore
@@ -60,8 +61,11 @@ class Context:
         raise PermanentError("no password given: set CORESTATE_PASSWORD, use --password-file, "
                              "or run on a terminal to be asked")
 
-    def open_repo(self) -> Repository:
-        return Repository.open(open_backend(self.url()), self.password())
+    def open_repo(self, password: str | None = None) -> Repository:
+        """The repository, with its immutability policy (if any) in force for writes."""
+        repo = Repository.open(open_backend(self.url()), password or self.password())
+        immutable.apply(repo)
+        return repo
 
     @staticmethod
     def block_store(repo: Repository) -> BlockMapStore:

@@ -47,11 +47,8 @@ def worker(ctx: Context, bootstrap: str | None, roles: str, schema_registry: str
     need_repo = any(r != "chunk" for r in wanted)
     password = ctx.password() if need_repo else ""
     if need_repo:
-        ctx.open_repo()  # fail now on a wrong URL or password
-    from corestate.connectors.url import open_backend
-    from corestate.repository.repository import Repository
-
+        ctx.open_repo(password)  # fail now on a wrong URL or password
     ctx.info(f"worker running {', '.join(wanted)} on {client['bootstrap.servers']}")
-    run_worker(client, wanted, lambda: Repository.open(open_backend(ctx.url()), password),
+    run_worker(client, wanted, lambda: ctx.open_repo(password),
                prefix=prefix, abandon_after=abandon_after,
                loglevel="INFO" if ctx.verbose else "WARNING", codec=codec)

@@ -143,6 +143,9 @@ class AzureStore:
     def retained_until(self, key: str) -> float | None:
         return None
 
+    def object_lock_enabled(self) -> bool:
+        return False
+
     def close(self) -> None:
         self.container.close()
 

@@ -128,6 +128,9 @@ class GCSStore:
     def retained_until(self, key: str) -> float | None:
         return None
 
+    def object_lock_enabled(self) -> bool:
+        return False
+
     def close(self) -> None:
         self.client.close()
 

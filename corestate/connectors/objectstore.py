@@ -53,9 +53,13 @@ class Retention:
     days: int
 
     # What is locked: the restic data that a restore needs (packs, index, snapshots,
-    # keys, config). Locks are deleted by every run, and the sidecar holds rebuildable
-    # metadata that is rewritten, so neither is locked.
+    # keys, config), and the sidecar file holding this policy. Locks are deleted by
+    # every run, and the rest of the sidecar is rebuildable metadata that is rewritten.
     KINDS = frozenset({Kind.DATA, Kind.INDEX, Kind.SNAPSHOTS, Kind.KEYS, Kind.CONFIG})
+    SIDECAR = "immutable"
+
+    def locks(self, kind: Kind, name: str) -> bool:
+        return kind in self.KINDS or (kind is Kind.SIDECAR and name == self.SIDECAR)
 
     def until(self, now: float) -> float:
         return now + self.days * 86400.0
@@ -97,6 +101,10 @@ class Store(Protocol):
 
     def retained_until(self, key: str) -> float | None:
         """When the object's retention ends (seconds since the epoch), None if unlocked."""
+        ...
+
+    def object_lock_enabled(self) -> bool:
+        """Whether objects in the bucket can be locked."""
         ...
 
     def close(self) -> None: ...
@@ -172,18 +180,31 @@ class ObjectStoreBackend:
 
     def write(self, kind: Kind, name: str, data: bytes) -> None:
         key = self.key(kind, name)
-        retention = self.retention if kind in Retention.KINDS else None
-        self.store.put(key, bytes(data), retention, self.clock())
+        retention = self.retention if self.retention and self.retention.locks(kind, name) else None
+        try:
+            self.store.put(key, bytes(data), retention, self.clock())
+        except PermanentError:
+            # A locked object cannot be overwritten, not even with the same bytes: an
+            # earlier attempt (whose reply was lost) or an earlier run stored it. Names
+            # are content addresses, so the same name and size is the same file.
+            if retention is None or self.store.head(key) != len(data):
+                raise
+
+    def locked_until(self, kind: Kind, name: str) -> float | None:
+        """When the file's S3 Object Lock ends, if it has not ended yet; else None."""
+        if not self.supports_retention:
+            return None
+        until = self.store.retained_until(self.key(kind, name))
+        return until if until is not None and until > self.clock() else None
 
     def delete(self, kind: Kind, name: str) -> None:
         key = self.key(kind, name)
         if self.store.head(key) is None:
             raise NotFoundError(f"{self._where(kind, name)} does not exist")
-        if self.supports_retention:
-            until = self.store.retained_until(key)
-            if until is not None and until > self.clock():
-                raise ImmutableError(f"{self._where(kind, name)} is locked (S3 Object Lock) "
-                                     f"until {_utc(until)}", until=until)
+        until = self.locked_until(kind, name)
+        if until is not None:
+            raise ImmutableError(f"{self._where(kind, name)} is locked (S3 Object Lock) "
+                                 f"until {_utc(until)}", until=until)
         self.store.delete(key)
 
     def close(self) -> None:

@@ -145,6 +145,10 @@ class S3Store:
             try:
                 config = self.client.get_object_lock_config(self.loc.bucket)
                 self._lock_enabled = config is not None
+            except ValueError:
+                # The store answered with a configuration that has a rule but no default
+                # retention (versitygw does), which minio cannot parse: it is enabled.
+                self._lock_enabled = True
             except Exception as exc:
                 code = getattr(exc, "code", None)
                 if code in ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration",
