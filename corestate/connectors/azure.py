@@ -73,7 +73,7 @@ class AzureStore:
         self.container = _container(loc, **options)
 
     def _fail(self, exc: BaseException, action: str, key: str | None = None) -> NoReturn:
-        raise translate(exc, action, f"{self.loc}{'/' + key if key else ''}") from None
+        raise translate(exc, action, self.loc.where(key)) from None
 
     def bucket_exists(self) -> bool:
         try:

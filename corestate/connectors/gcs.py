@@ -57,7 +57,7 @@ class GCSStore:
         self.bucket = self.client.bucket(loc.bucket)
 
     def _fail(self, exc: BaseException, action: str, key: str | None = None) -> NoReturn:
-        raise translate(exc, action, f"{self.loc}{'/' + key if key else ''}") from None
+        raise translate(exc, action, self.loc.where(key)) from None
 
     def bucket_exists(self) -> bool:
         try:

@@ -211,7 +211,7 @@ class ObjectStoreBackend:
         self.store.close()
 
     def _where(self, kind: Kind, name: str) -> str:
-        return f"{self.location()}/{object_path(kind, name)}"
+        return self.loc.where(self.key(kind, name))
 
 
 def _utc(when: float) -> str:

@@ -112,7 +112,7 @@ class S3Store:
 
     # -- errors --------------------------------------------------------------------------
     def _fail(self, exc: BaseException, action: str, key: str | None = None) -> NoReturn:
-        raise translate(exc, action, f"{self.loc}/{key}" if key else str(self.loc)) from None
+        raise translate(exc, action, self.loc.where(key)) from None
 
     # -- bucket --------------------------------------------------------------------------
     def bucket_exists(self) -> bool:

@@ -115,6 +115,18 @@ class Location:
         """The object name of ``relative`` (a path in restic's layout) in the bucket."""
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
+    def where(self, key: str | None = None) -> str:
+        """An object (or the location itself) named for messages: the location, then the
+        key's path inside it.
+
+        >>> parse_location("gs:b1:/repo").where("repo/config")
+        'gs:b1:/repo/config'
+        """
+        if not key:
+            return str(self)
+        inside = key[len(self.prefix) + 1:] if self.prefix and key.startswith(self.prefix + "/") else key
+        return f"{str(self).rstrip('/')}/{inside}"
+
 
 def _clean_prefix(prefix: str) -> str:
     """A prefix without leading, trailing or doubled slashes; ``.``/``..`` refused."""
