@@ -12,7 +12,8 @@ from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
 from corestate.connectors.url import open_backend
 from corestate.errors import CoreStateError, PermanentError
-from corestate.maintenance.tiering import AccessRun, RecordingBackend, save_access_log
+from corestate.maintenance.tiering import (AccessRun, RecordingBackend, archived_message,
+                                           archived_packs, save_access_log)
 from corestate.pipeline.restore import restore as run_restore
 from corestate.repository.repository import Repository
 
@@ -86,7 +87,9 @@ def restore(ctx: Context, snapshot: str, target: str, includes: tuple[str, ...],
     fifos and devices come back; sparse files stay sparse. Files whose data is damaged
     are reported and skipped, and the exit code is 1.
 
-    The packs read are added to the repository's access log (`corestate tiering` uses
+    If `corestate tiering --apply` moved packs the snapshot needs to an archive class
+    (GLACIER, DEEP_ARCHIVE), the restore stops before writing anything and says how to
+    make them readable. The packs read are added to the repository's access log (`corestate tiering` uses
     it); if that cannot be written, a warning is printed and the restore still counts.
     CORESTATE_NOW (a time, as for --at) overrides the clock recorded there.
     """
@@ -97,6 +100,12 @@ def restore(ctx: Context, snapshot: str, target: str, includes: tuple[str, ...],
         snap = repo.snapshot_at(parse_when(at), host=host, path=snap_path)
     else:
         snap = repo.find_snapshot(snapshot, host=host)
+    cold = archived_packs(repo, snap)
+    if cold and not includes:
+        raise PermanentError(archived_message(cold, f"restoring snapshot {snap.short_id}"))
+    if cold:
+        ctx.warn(archived_message(cold, f"snapshot {snap.short_id}") + "; restoring what "
+                 "--include selects anyway")
     started = access_time(ctx)
     try:
         with ctx.progress(f"restore {snap.short_id}") as bar:

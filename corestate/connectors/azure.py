@@ -146,6 +146,9 @@ class AzureStore:
     def object_lock_enabled(self) -> bool:
         return False
 
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        raise PermanentError(f"{self.loc}: storage classes are moved on S3 only here")
+
     def close(self) -> None:
         self.container.close()
 

@@ -131,6 +131,9 @@ class GCSStore:
     def object_lock_enabled(self) -> bool:
         return False
 
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        raise PermanentError(f"{self.loc}: storage classes are moved on S3 only here")
+
     def close(self) -> None:
         self.client.close()
 

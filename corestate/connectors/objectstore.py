@@ -107,6 +107,10 @@ class Store(Protocol):
         """Whether objects in the bucket can be locked."""
         ...
 
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        """Move the object to another storage class (PermanentError where there are none)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -116,6 +120,7 @@ class ObjectStoreBackend:
     :func:`corestate.connectors.immutable.apply`; ``clock`` is injectable for tests."""
 
     supports_retention = False
+    storage_classes: frozenset[str] = frozenset()  # what set_storage_class takes
 
     def __init__(self, location: Location, store: Store) -> None:
         self.loc = location
@@ -206,6 +211,14 @@ class ObjectStoreBackend:
             raise ImmutableError(f"{self._where(kind, name)} is locked (S3 Object Lock) "
                                  f"until {_utc(until)}", until=until)
         self.store.delete(key)
+
+    def set_storage_class(self, kind: Kind, name: str, storage_class: str) -> None:
+        """Move a stored file to ``storage_class`` (one of :attr:`storage_classes`)."""
+        if storage_class not in self.storage_classes:
+            known = ", ".join(sorted(self.storage_classes)) or "none here"
+            raise PermanentError(f"{self.location()}: no storage class {storage_class!r} "
+                                 f"(the store's classes: {known})")
+        self.store.set_storage_class(self.key(kind, name), storage_class)
 
     def close(self) -> None:
         self.store.close()

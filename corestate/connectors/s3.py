@@ -225,14 +225,6 @@ class S3Store:
             return None
         return float(retention.retain_until_date.timestamp())
 
-    def storage_class(self, key: str) -> str:
-        """The object's storage class (``STANDARD`` when the store does not say)."""
-        try:
-            headers = self.client.stat_object(self.loc.bucket, key).metadata
-        except Exception as exc:
-            self._fail(exc, "checking", key)
-        return str(headers.get("x-amz-storage-class") or "STANDARD")
-
     def set_storage_class(self, key: str, storage_class: str) -> None:
         """Move the object to ``storage_class`` by copying it onto itself (S3's way)."""
         from minio.commonconfig import REPLACE, CopySource
@@ -302,6 +294,8 @@ class S3Backend(ObjectStoreBackend):
     """A repository in an S3 bucket (see the module doc)."""
 
     supports_retention = True
+    storage_classes = frozenset({"STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+                                 "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY"})
 
     def __init__(self, location: Location, part_size: int = PART_SIZE) -> None:
         self.s3 = S3Store(location, part_size)
