@@ -21,8 +21,10 @@ is refused without being echoed.
 
 Every backend :func:`open_backend` returns is wrapped in
 :class:`~corestate.connectors.retry.RetryBackend`; remote ones retry for longer (a store
-restarting or throttling for a minute does not stop a backup) and upload packs in the
-background, several at once (:class:`~corestate.connectors.writebehind.WriteBehindBackend`).
+restarting or throttling for a minute does not stop a backup), upload packs in the
+background, several at once (:class:`~corestate.connectors.writebehind.WriteBehindBackend`),
+and read packs in windows of a few MiB
+(:class:`~corestate.connectors.readahead.ReadAheadBackend`).
 """
 
 from __future__ import annotations
@@ -190,7 +192,7 @@ def parse_location(url: str) -> Location:
 
 def open_backend(url: str) -> Backend:
     """The backend for a location, wrapped to retry transient failures (and, for object
-    stores, to upload packs in the background).
+    stores, to upload packs in the background and read them in windows).
 
     Raises :class:`~corestate.errors.PermanentError` for a location that does not parse,
     or whose store's client library is not installed (naming the extra to install).
@@ -211,7 +213,8 @@ def open_backend(url: str) -> Backend:
         from corestate.connectors.gcs import GCSBackend
 
         inner = GCSBackend(loc)
+    from corestate.connectors.readahead import ReadAheadBackend
     from corestate.connectors.writebehind import WriteBehindBackend
 
-    return WriteBehindBackend(RetryBackend(inner, attempts=REMOTE_ATTEMPTS, base_delay=0.5,
-                                           max_delay=30.0))
+    retrying = RetryBackend(inner, attempts=REMOTE_ATTEMPTS, base_delay=0.5, max_delay=30.0)
+    return WriteBehindBackend(ReadAheadBackend(retrying))

@@ -70,7 +70,7 @@ def test_a_wrong_key_stops_at_once_without_showing_it(azure: StorageServer,
                            wrong))
     sleeps: list[float] = []
     backend = open_backend(azure.url(azure.bucket()))
-    backend.inner._sleep = sleeps.append  # type: ignore[attr-defined]
+    backend.inner.inner._sleep = sleeps.append  # type: ignore[attr-defined]
     with pytest.raises(PermanentError) as raised:
         backend.create()
     message = str(raised.value)

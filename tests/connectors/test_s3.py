@@ -114,7 +114,7 @@ def test_a_wrong_secret_stops_at_once_without_showing_it(s3: StorageServer,
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     sleeps: list[float] = []
     backend = open_backend(s3.url(s3.bucket()))
-    backend.inner._sleep = sleeps.append  # type: ignore[attr-defined]
+    backend.inner.inner._sleep = sleeps.append  # type: ignore[attr-defined]
     with pytest.raises(PermanentError) as raised:
         backend.create()
     message = str(raised.value)

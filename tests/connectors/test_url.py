@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from corestate.connectors.local import LocalBackend
+from corestate.connectors.readahead import ReadAheadBackend
 from corestate.connectors.retry import RetryBackend
 from corestate.connectors.writebehind import WriteBehindBackend
 from corestate.connectors.url import open_backend, parse_location, parse_url
@@ -130,7 +131,8 @@ def test_remote_backends_retry_for_longer(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1")
     backend = open_backend("gs:bucket:/repo")
     assert isinstance(backend, WriteBehindBackend)
-    backend = backend.inner
+    assert isinstance(backend.inner, ReadAheadBackend)
+    backend = backend.inner.inner
     local = open_backend("/tmp/x")
     assert isinstance(local, RetryBackend)
     assert backend.attempts > local.attempts
