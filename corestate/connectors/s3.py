@@ -65,7 +65,8 @@ _PERMANENT_CODES = {
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 
 
-def _client(loc: Location) -> Any:
+def _client(loc: Location) -> tuple[Any, Any]:
+    """The minio client for ``loc`` and its connection pool."""
     try:
         import certifi
         import urllib3
@@ -93,7 +94,7 @@ def _client(loc: Location) -> Any:
     provider = ChainedProvider([EnvAWSProvider(),
                                 AWSConfigProvider(profile=env.get("AWS_PROFILE"))])
     return Minio(loc.endpoint, secure=loc.secure, region=region, http_client=http,
-                 credentials=provider)
+                 credentials=provider), http
 
 
 def _shared_credentials_file() -> bool:
@@ -107,7 +108,7 @@ class S3Store:
     def __init__(self, loc: Location, part_size: int = PART_SIZE) -> None:
         self.loc = loc
         self.part_size = part_size
-        self.client = _client(loc)
+        self.client, self._http = _client(loc)
         self._lock_enabled: bool | None = None
 
     # -- errors --------------------------------------------------------------------------
@@ -237,7 +238,7 @@ class S3Store:
             self._fail(exc, f"moving to {storage_class}", key)
 
     def close(self) -> None:
-        self.client._http.clear()
+        self._http.clear()
 
 
 def translate(exc: BaseException, action: str, where: str) -> CoreStateError:
