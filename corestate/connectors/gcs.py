@@ -35,12 +35,12 @@ _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 def _client() -> Any:
     try:
         from google.auth.exceptions import DefaultCredentialsError
-        from google.cloud import storage
+        from google.cloud.storage import Client
     except ModuleNotFoundError:
         raise missing_extra("Google Cloud Storage", "gcs") from None
     project = os.environ.get("GOOGLE_PROJECT_ID") or None
     try:
-        return storage.Client(project=project)
+        return Client(project=project)
     except DefaultCredentialsError:
         raise PermanentError("no Google Cloud credentials: set GOOGLE_APPLICATION_CREDENTIALS to a "
                              "service account key file (or STORAGE_EMULATOR_HOST for an "
