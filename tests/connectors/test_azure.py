@@ -13,7 +13,7 @@ from corestate.connectors.url import open_backend, parse_location
 from corestate.errors import PermanentError
 from corestate.repository.backend import Backend, Kind
 from tests.connectors.contract import BackendContract, content_name
-from tests.storage_servers import StorageServer
+from tests.storage_servers import AZURITE_KEY, StorageServer
 
 MiB = 1 << 20
 
@@ -77,3 +77,25 @@ def test_a_wrong_key_stops_at_once_without_showing_it(azure: StorageServer,
     assert "403" in message and "azure:" in message
     assert wrong not in message
     assert sleeps == []
+
+
+def test_a_sas_token_in_a_connection_string_works(azure: StorageServer,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    sas = generate_account_sas("devstoreaccount1", AZURITE_KEY,
+                               ResourceTypes(service=True, container=True, object=True),
+                               AccountSasPermissions(read=True, write=True, delete=True, list=True,
+                                                     create=True),
+                               expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    monkeypatch.setenv("AZURE_CONNECTION_STRING",
+                       f"BlobEndpoint={azure.endpoint}/devstoreaccount1;SharedAccessSignature={sas}")
+    backend = open_backend(azure.url(azure.bucket(), "repo"))
+    backend.create()
+    backend.write(Kind.INDEX, "ab" * 32, b"index")
+    assert backend.read(Kind.INDEX, "ab" * 32) == b"index"
+    with pytest.raises(PermanentError) as raised:
+        backend.read(Kind.CONFIG, "")  # not there: the message names it, not the token
+    assert sas.split("sig=")[1][:20] not in str(raised.value)
