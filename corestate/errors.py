@@ -48,6 +48,15 @@ class NotFoundError(PermanentError):
     """A named object (file in the backend, snapshot, key) does not exist."""
 
 
+class ImmutableError(PermanentError):
+    """A stored file is under retention (S3 Object Lock) until ``until`` (seconds since
+    the epoch) and cannot be removed before then."""
+
+    def __init__(self, message: str, *, until: float) -> None:
+        super().__init__(message)
+        self.until = until
+
+
 class WrongPasswordError(PermanentError):
     """No key file in the repository opens with the given password."""
 

@@ -1,5 +1,6 @@
 """Shared fixtures: a corestate command runner, the real restic as an oracle, and a
-source tree with every kind of entry a backup must round-trip."""
+source tree with every kind of entry a backup must round-trip; the real storage servers
+(tests/storage_servers.py), one of each per session."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.storage_servers import StorageServer, running
 
 PASSWORD = "correct horse battery staple"
 
@@ -148,3 +151,19 @@ def tree_manifest(root: Path, with_atime: bool = False) -> dict[bytes, tuple[obj
 def restored_root(target: Path, src: Path) -> Path:
     """Where a restore into ``target`` puts ``src`` (the absolute path nests)."""
     return target / str(src).lstrip("/")
+
+
+# -- real storage servers (deploy/storage/*.sh), one per session, started on first use ---
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageServer]:
+    yield from running("s3", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageServer]:
+    yield from running("azure", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageServer]:
+    yield from running("gs", tmp_path_factory)

@@ -9,8 +9,9 @@ from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
 from corestate.cli.prune import phase_bars
 from corestate.cli.restore import access_time, open_recording, record_reads
-from corestate.errors import CoreStateError
+from corestate.errors import CoreStateError, PermanentError
 from corestate.maintenance import check as checking
+from corestate.maintenance.tiering import archived_message, archived_packs
 
 
 @cli.command()
@@ -33,10 +34,16 @@ def check(ctx: Context, read_data: bool) -> None:
     `num_errors`, `errors` and `notes` (each with kind, message, pack, blobs, users).
 
     With --read-data the packs read are added to the repository's access log, as a
-    restore's are (see `corestate tiering`); a failure to record is only a warning.
+    restore's are (see `corestate tiering`); a failure to record is only a warning. If
+    `corestate tiering --apply` moved packs to an archive class (GLACIER, DEEP_ARCHIVE),
+    --read-data stops before reading and says how to make them readable.
     """
     mon = monitoring.start("check", ctx.password_file)
     repo, recorder = open_recording(ctx)
+    cold = archived_packs(repo) if read_data else {}
+    if cold:
+        raise PermanentError(archived_message(cold, "check --read-data") + " (plain `corestate "
+                             "check` reads no data pack)")
     started = access_time(ctx) if read_data else 0.0
     with ctx.read_lock(repo), phase_bars(ctx) as progress:
         try:

@@ -27,6 +27,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeElapsedColumn, TransferSpeedColumn)
 
 from corestate.cli.defaults import Defaults, config_path
+from corestate.connectors import immutable
 from corestate.connectors.metered import metered
 from corestate.connectors.url import open_backend, parse_url
 from corestate.errors import CoreStateError, PermanentError
@@ -93,8 +94,12 @@ class Context:
         raise PermanentError("no password given: set CORESTATE_PASSWORD, use --password-file, "
                              "or run on a terminal to be asked")
 
-    def open_repo(self) -> Repository:
-        return Repository.open(self.open_backend(), self.password())
+    def open_repo(self, password: Password | None = None) -> Repository:
+        """The repository (its backend metered when metrics are on), with its
+        immutability policy (if any) in force for writes."""
+        repo = Repository.open(self.open_backend(), password or self.password())
+        immutable.apply(repo)
+        return repo
 
     def open_backend(self) -> Backend:
         """The repository's backend; metered when metrics are on (see cli.monitoring)."""

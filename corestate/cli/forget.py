@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import click
 from rich.table import Table
 
@@ -97,7 +99,9 @@ def forget(ctx: Context, snapshot_ids: tuple[str, ...], keep_last: int, keep_hou
     SNAPSHOT ids (or `latest`) to remove exactly those.
 
     Snapshots on the protection list (`corestate/protected`, written by anomaly
-    detection) are never removed, whatever the policy says.
+    detection) are never removed, whatever the policy says. In an immutable repository
+    (`init --immutable`), a snapshot whose S3 Object Lock has not ended stays; forget
+    says which ones and until when.
 
     Removing snapshots frees no space by itself: run `corestate prune`, or pass
     --prune. Takes the exclusive lock. With --json, prints restic's shape: a list of
@@ -112,6 +116,7 @@ def forget(ctx: Context, snapshot_ids: tuple[str, ...], keep_last: int, keep_hou
         raise PermanentError("give either snapshot ids or a --keep-* policy, not both")
     fields = tuple(f.strip() for f in group_by.split(",") if f.strip())
     repo = ctx.open_repo()
+    locked: dict[str, float] = {}  # snapshot id -> end of its S3 Object Lock
     with repo.locked(exclusive=True), phase_bars(ctx) as progress:
         if snapshot_ids:
             snaps = list({s.id: s for s in (_snapshot_or_file(ctx, repo, ref)
@@ -121,7 +126,8 @@ def forget(ctx: Context, snapshot_ids: tuple[str, ...], keep_last: int, keep_hou
                 if forgetting.is_protected(s.id, protected):
                     raise PermanentError(f"snapshot {s.short_id} is on the protection list; "
                                          "it cannot be removed")
-            removed = [] if dry_run else forgetting.remove_snapshots(repo, snaps, protected, progress)
+            removed = [] if dry_run else forgetting.remove_snapshots(repo, snaps, protected,
+                                                                     progress, locked)
             groups = [forgetting.Group(None, None, None, [
                 forgetting.Decision(s, False) for s in snaps])]
             doomed = [s.id for s in snaps]
@@ -129,10 +135,15 @@ def forget(ctx: Context, snapshot_ids: tuple[str, ...], keep_last: int, keep_hou
             result = forgetting.forget(repo, policy, host, fields, dry_run, progress,
                                        ctx.damaged_snapshot)
             groups, doomed, removed = result.groups, result.removed, result.removed
+            locked.update(result.locked)
         report = None
         if then_prune:
             report = pruning.prune(repo, pruning.PruneOptions(dry_run=dry_run), progress,
                                    lock=False)
+    for snap_id, until in sorted(locked.items(), key=lambda item: item[1]):
+        when = datetime.fromtimestamp(until, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        ctx.warn(f"snapshot {snap_id[:8]} cannot be removed yet: it is locked (S3 Object "
+                 f"Lock) until {when}; it stays")
     if ctx.json:
         ctx.emit([g.to_json() for g in groups])
         if report is not None:

@@ -90,7 +90,10 @@ def usage_error_line(exc: click.UsageError) -> str:
 @click.group(cls=CommandGroup,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-r", "--repo", "repo_url", envvar="CORESTATE_REPOSITORY", metavar="URL",
-              help="Repository: a path, or local:PATH (env CORESTATE_REPOSITORY).")
+              help="Repository: a path, local:PATH, s3:http[s]://HOST[:PORT]/BUCKET[/PREFIX], "
+                   "s3:s3.amazonaws.com/BUCKET, azure:CONTAINER:/PREFIX or gs:BUCKET:/PREFIX "
+                   "(env CORESTATE_REPOSITORY). Object-store credentials come from AWS_*, "
+                   "AZURE_* or GOOGLE_APPLICATION_CREDENTIALS.")
 @click.option("-p", "--password-file", envvar="CORESTATE_PASSWORD_FILE", metavar="FILE",
               help="Read the password from FILE, as restic does: the whole file, white space "
                    "trimmed at both ends (env CORESTATE_PASSWORD_FILE; CORESTATE_PASSWORD "

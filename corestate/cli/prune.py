@@ -6,6 +6,7 @@ Also home of :func:`phase_bars`, the progress display the maintenance commands s
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import click
@@ -56,6 +57,11 @@ def print_report(ctx: Context, report: pruning.PruneReport) -> None:
         if report.temporaries_removed or report.bitmaps_removed:
             ctx.info(f"removed {report.temporaries_removed} stale temporary files and "
                      f"{report.bitmaps_removed} orphaned bitmaps")
+    if report.packs_locked or report.index_files_locked:
+        until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.locked_until))
+        ctx.warn(f"{len(report.packs_locked)} packs and {report.index_files_locked} index files "
+                 f"cannot be removed yet: they are locked (S3 Object Lock), the last until "
+                 f"{until}; they stay, and a prune after that removes them")
     ctx.info(f"{'would free' if report.dry_run else 'freed'} {human_size(report.bytes_freed)}: "
              f"{human_size(report.bytes_before)} -> {human_size(report.bytes_after)}")
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from corestate.cli.context import Context, ask_password, pass_ctx, read_password_file
 from corestate.cli.main import cli
+from corestate.connectors import immutable
 from corestate.connectors.url import open_backend
 from corestate.errors import PermanentError
 from corestate.repository import keys as keyfiles
@@ -19,13 +20,34 @@ from corestate.repository.repository import Repository
 
 
 @cli.command()
+@click.option("--immutable", "immutable_days", type=int, metavar="DAYS",
+              help="Lock every pack, index, snapshot, key and config file for DAYS days "
+                   "after it is written (S3 Object Lock; s3: locations only). A bucket init "
+                   "creates gets Object Lock; an existing one must have it.")
+@click.option("--immutable-mode", type=click.Choice(["governance", "compliance"]),
+              default="governance", show_default=True,
+              help="governance: users allowed s3:BypassGovernanceRetention may still remove "
+                   "locked files; compliance: nobody can until the date passes.")
 @pass_ctx
-def init(ctx: Context) -> None:
-    """Create a new, empty repository (restic format v2, encrypted)."""
-    repo = Repository.init(open_backend(ctx.url()), ctx.password(confirm=True))
+def init(ctx: Context, immutable_days: int | None, immutable_mode: str) -> None:
+    """Create a new, empty repository (restic format v2, encrypted).
+
+    On an object store (s3:, azure:, gs:) a missing bucket or container is created;
+    when the credentials may not create it, init says so and changes nothing.
+    """
+    backend = open_backend(ctx.url())
+    policy = None
+    if immutable_days is not None:
+        policy = immutable.prepare(backend, immutable_days, immutable_mode)
+    repo = Repository.init(backend, ctx.password(confirm=True))
+    if policy is not None:
+        immutable.save(repo, policy)
+    locked = (f"; every file is locked for {policy.days} days ({policy.mode.lower()} mode)"
+              if policy else "")
     ctx.result({"message_type": "initialized", "id": repo.config.id,
-                "repository": repo.backend.location()},
-               f"created repository {repo.config.id[:10]} at {repo.backend.location()}")
+                "repository": repo.backend.location(),
+                "immutable": {"mode": policy.mode, "days": policy.days} if policy else None},
+               f"created repository {repo.config.id[:10]} at {repo.backend.location()}{locked}")
     try:
         has_default = bool(ctx.defaults().repository)
     except PermanentError:  # a broken config file is reported when it is needed

@@ -11,7 +11,8 @@ import click
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
 from corestate.errors import CoreStateError, PermanentError
-from corestate.maintenance.tiering import AccessRun, RecordingBackend, save_access_log
+from corestate.maintenance.tiering import (AccessRun, RecordingBackend, archived_message,
+                                           archived_packs, save_access_log)
 from corestate.restore import Overwrite
 from corestate.restore import restore as run_restore
 from corestate.repository.repository import Repository
@@ -103,7 +104,9 @@ def restore(ctx: Context, snapshot: str | None, target: str, includes: tuple[str
     what the snapshot does not hold is kept (see --delete); without those options a
     warning says once how many entries that concerned.
 
-    The packs read are added to the repository's access log (`corestate tiering` uses
+    If `corestate tiering --apply` moved packs the snapshot needs to an archive class
+    (GLACIER, DEEP_ARCHIVE), the restore stops before writing anything and says how to
+    make them readable. The packs read are added to the repository's access log (`corestate tiering` uses
     it); if that cannot be written, a warning is printed and the restore still counts.
     CORESTATE_NOW (a time, as for --at) overrides the clock recorded there.
     """
@@ -120,6 +123,12 @@ def restore(ctx: Context, snapshot: str | None, target: str, includes: tuple[str
         else:
             snap = repo.find_snapshot(snapshot or "latest", host=host,
                                       on_damaged=ctx.damaged_snapshot)
+        cold = archived_packs(repo, snap)
+        if cold and not includes:
+            raise PermanentError(archived_message(cold, f"restoring snapshot {snap.short_id}"))
+        if cold:
+            ctx.warn(archived_message(cold, f"snapshot {snap.short_id}") + "; restoring what "
+                     "--include selects anyway")
         started = access_time(ctx)
         try:
             with ctx.progress(f"restore {snap.short_id}") as bar:

@@ -13,9 +13,12 @@ from rich.table import Table
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
 from corestate.cli.prune import phase_bars
-from corestate.cli.restore import parse_when
+from corestate.cli.restore import access_time, parse_when
+from corestate.connectors import immutable
 from corestate.errors import PermanentError
 from corestate.maintenance import tiering as tiers
+from corestate.repository.backend import Kind, object_path
+from corestate.repository.repository import Repository
 from corestate.models.tiering import DAY, EXAMPLE_PRICES, StorageClass
 
 
@@ -61,9 +64,16 @@ def _load_prices(path: str) -> tuple[StorageClass, ...]:
 @click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
               help="Show at most this many objects in the table (0: all); totals and "
                    "--json always cover every object.")
+@click.option("--apply", "apply_", is_flag=True,
+              help="Move the advised objects' packs to their advised class (S3: each pack "
+                   "copied onto itself with the new storage class) and record each pack's "
+                   "class in the repository. Class names must be S3's.")
+@click.option("--archived", is_flag=True,
+              help="Instead of advice, list the packs recorded in an archive class (GLACIER, "
+                   "DEEP_ARCHIVE): class and object key, for restore requests.")
 @pass_ctx
 def tiering(ctx: Context, prices_file: str | None, min_saving: float, now_text: str | None,
-            limit: int) -> None:
+            limit: int, apply_: bool, archived: bool) -> None:
     """Advise which data to move to colder storage classes, and what that saves a month.
 
     The objects are data packs: the packs only one snapshot uses count together, as that
@@ -96,13 +106,32 @@ def tiering(ctx: Context, prices_file: str | None, min_saving: float, now_text: 
     except PermanentError as exc:
         raise PermanentError(f"--now{exc.message.removeprefix('--at')}") from None
     repo = ctx.open_repo()
+    if archived:
+        _list_archived(ctx, repo)
+        return
+    store = immutable.object_store(repo.backend) if apply_ else None
+    if apply_:
+        if store is None or not store.storage_classes:
+            raise PermanentError(f"{repo.backend.location()}: --apply moves packs between S3 "
+                                 "storage classes; this repository is not on S3")
+        if store.retention is not None:
+            raise PermanentError("--apply cannot move the packs of an immutable repository: "
+                                 "a locked object cannot be rewritten in another class")
     with repo.locked(exclusive=False), phase_bars(ctx) as progress:
         report = tiers.advise(repo, now, prices, min_saving, progress)
+        moved: dict[str, str] = {}
+        if store is not None:
+            unknown = sorted({a.target for a in report.advice} - store.storage_classes)
+            if unknown:
+                raise PermanentError(f"--apply: {', '.join(unknown)} is not an S3 storage class "
+                                     f"(S3's: {', '.join(sorted(store.storage_classes))})")
+            moved = tiers.apply(repo, report, lambda pack, cls: store.set_storage_class(
+                Kind.DATA, pack, cls), access_time(ctx), progress)
     if report.unreadable_logs:
         ctx.warn(f"{report.unreadable_logs} access log file(s) could not be read; their "
                  "reads are not counted")
     if ctx.json:
-        ctx.emit(report.to_json())
+        ctx.emit({**report.to_json(), **({"moved": moved} if apply_ else {})})
         return
     when = datetime.fromtimestamp(now, timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
     ctx.info(f"tiering advice as of {when}: {report.candidates} objects in {prices[0].name}, "
@@ -131,3 +160,21 @@ def tiering(ctx: Context, prices_file: str | None, min_saving: float, now_text: 
     total_size = sum(a.size for a in report.advice)
     ctx.info(f"total: {len(report.advice)} objects, {human_size(total_size)}, saves "
              f"{_usd(report.total_saving)} a month")
+    if apply_:
+        ctx.info(f"moved {len(moved)} packs: " + ", ".join(
+            f"{n} to {c}" for c, n in tiers.class_counts(moved).items()))
+
+
+def _list_archived(ctx: Context, repo: Repository) -> None:
+    cold = tiers.archived_packs(repo)
+    store = immutable.object_store(repo.backend)
+    rows = [{"pack": p, "class": c,
+             "key": store.key(Kind.DATA, p) if store is not None else object_path(Kind.DATA, p)}
+            for p, c in sorted(cold.items())]
+    if ctx.json:
+        ctx.emit(rows)
+        return
+    for row in rows:
+        ctx.out.print(f"{row['class']}\t{row['key']}", markup=False)
+    if not rows:
+        ctx.info("no packs are recorded in an archive class")

@@ -50,12 +50,10 @@ def worker(ctx: Context, bootstrap: str | None, roles: str, schema_registry: str
     need_repo = any(r != "chunk" for r in wanted)
     password = ctx.password() if need_repo else ""
     if need_repo:
-        ctx.open_repo()  # fail now on a wrong URL or password
-    from corestate.repository.repository import Repository
-
+        ctx.open_repo(password)  # fail now on a wrong URL or password
     ctx.info(f"worker running {', '.join(wanted)} on {client['bootstrap.servers']}")
     mon.worker(client, prefix, wanted)
     with mon.failures("worker_failed"):
-        run_worker(client, wanted, lambda: Repository.open(ctx.open_backend(), password),
+        run_worker(client, wanted, lambda: ctx.open_repo(password),
                    prefix=prefix, abandon_after=abandon_after,
                    loglevel="INFO" if ctx.verbose else "WARNING", codec=codec)

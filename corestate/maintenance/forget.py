@@ -29,7 +29,7 @@ from datetime import datetime, timezone, tzinfo
 
 import orjson
 
-from corestate.errors import CoreStateError, NotFoundError, PermanentError
+from corestate.errors import CoreStateError, ImmutableError, NotFoundError, PermanentError
 from corestate.maintenance import ProgressFn, no_progress
 from corestate.repository.backend import Kind
 from corestate.repository.repository import OnDamaged, Repository
@@ -210,12 +210,15 @@ class ForgetResult:
     groups: list[Group]
     removed: list[str]
     dry_run: bool
+    locked: dict[str, float] = field(default_factory=dict)  # snapshot id -> locked until
 
 
 def remove_snapshots(repo: Repository, snaps: Iterable[Snapshot], protected: Sequence[str],
-                     progress: ProgressFn = no_progress) -> list[str]:
+                     progress: ProgressFn = no_progress,
+                     locked: dict[str, float] | None = None) -> list[str]:
     """Delete snapshot files (and their bitmaps); protected ones are refused outright.
-    The caller holds the exclusive lock."""
+    A snapshot file under retention (S3 Object Lock) stays: it is noted in ``locked``
+    with the time its lock ends. The caller holds the exclusive lock."""
     snaps = list(snaps)
     for s in snaps:
         if is_protected(s.id, protected):
@@ -224,7 +227,12 @@ def remove_snapshots(repo: Repository, snaps: Iterable[Snapshot], protected: Seq
     removed = []
     for done, s in enumerate(snaps):
         progress("forget", done, len(snaps))
-        repo.backend.delete(Kind.SNAPSHOTS, s.id)
+        try:
+            repo.backend.delete(Kind.SNAPSHOTS, s.id)
+        except ImmutableError as exc:
+            if locked is not None:
+                locked[s.id] = exc.until
+            continue
         with contextlib.suppress(CoreStateError):
             repo.backend.delete(Kind.SIDECAR, f"bitmap-{s.id}")  # prune also sweeps these
         removed.append(s.id)
@@ -246,4 +254,6 @@ def forget(repo: Repository, policy: Policy, host: str | None = None,
     doomed = [s for g in groups for s in g.remove]
     if dry_run:
         return ForgetResult(groups, [s.id for s in doomed], True)
-    return ForgetResult(groups, remove_snapshots(repo, doomed, protected, progress), False)
+    locked: dict[str, float] = {}
+    removed = remove_snapshots(repo, doomed, protected, progress, locked)
+    return ForgetResult(groups, removed, False, locked)

@@ -27,6 +27,11 @@ repository (at worst unindexed packs or superseded index files, both harmless):
 5. write the new index, which ``supersedes`` every old index file;
 6. delete the old index files;
 7. delete the unused and repacked packs, stale ``.tmp-`` files and orphaned bitmaps.
+
+In an immutable repository (S3 Object Lock) a file whose lock has not ended cannot be
+deleted: such index files stay, and so does every pack they list (an index must never
+name a missing pack); such packs stay too. The report counts them and says until when;
+a later prune removes them.
 """
 
 from __future__ import annotations
@@ -34,15 +39,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator
+from typing import Any
 from dataclasses import dataclass, field
 
-from corestate.errors import CoreStateError, IntegrityError, NotFoundError
+from corestate.errors import CoreStateError, ImmutableError, IntegrityError, NotFoundError
 from corestate.maintenance import ProgressFn, no_progress
 from corestate.maintenance.check import expected_pack_size
 from corestate.maintenance.usage import blob_ids, snapshot_usage, union
 from corestate.repository import ordinals
 from corestate.repository.backend import Kind
-from corestate.repository.index import MasterIndex, index_to_json
+from corestate.repository.index import MasterIndex, index_from_json, index_to_json
 from corestate.repository.lock import STALE_AFTER_NS
 from corestate.repository.pack import (TARGET_PACK_SIZE, BlobType, PackBuilder, PackedBlob,
                                        SealedBlob, open_blob)
@@ -108,6 +114,9 @@ class PruneReport:
     temporaries_removed: int = 0
     bitmaps_removed: int = 0
     bytes_after: int = 0  # an estimate under dry_run
+    packs_locked: list[str] = field(default_factory=list)  # S3 Object Lock: kept for now
+    index_files_locked: int = 0
+    locked_until: float = 0.0  # when the last of those locks ends
 
     @property
     def bytes_freed(self) -> int:
@@ -267,14 +276,34 @@ def write_index(repo: Repository, packs: dict[str, list[PackedBlob]],
     return files
 
 
-def _remove_temporaries(repo: Repository, older_than: float) -> int:
+def _backend_method(repo: Repository, name: str) -> Any:
+    """A method only some backends have (found under the wrappers), or None."""
     backend: object = repo.backend
     while backend is not None:
-        remove = getattr(backend, "remove_stale_temporaries", None)
-        if remove is not None:
-            return int(remove(older_than))
+        method = getattr(backend, name, None)
+        if method is not None:
+            return method
         backend = getattr(backend, "inner", None)
-    return 0
+    return None
+
+
+def _remove_temporaries(repo: Repository, older_than: float) -> int:
+    remove = _backend_method(repo, "remove_stale_temporaries")
+    return int(remove(older_than)) if remove is not None else 0
+
+
+def _locked_index(repo: Repository, report: PruneReport) -> tuple[set[str], set[str]]:
+    """Index files under retention (S3 Object Lock), and the packs they list."""
+    locked_until = _backend_method(repo, "locked_until")
+    files: set[str] = set()
+    pinned: set[str] = set()
+    for name in sorted(repo.index.files) if locked_until is not None else []:
+        until = locked_until(Kind.INDEX, name)
+        if until is not None:
+            files.add(name)
+            report.locked_until = max(report.locked_until, until)
+            pinned.update(index_from_json(repo.load_json(Kind.INDEX, name))[0])
+    return files, pinned
 
 
 def _remove_orphan_bitmaps(repo: Repository, snapshot_ids: set[str]) -> int:
@@ -289,7 +318,7 @@ def _remove_orphan_bitmaps(repo: Repository, snapshot_ids: set[str]) -> int:
 
 def _rewrite(repo: Repository, packs: dict[str, PackInfo], kept: dict[str, list[PackedBlob]],
              used: set[bytes], opts: PruneOptions, report: PruneReport,
-             progress: ProgressFn) -> None:
+             progress: ProgressFn, locked_index: set[str]) -> None:
     """Steps 3 to 7 of the module doc: repack, verify, index, delete."""
     new_packs = _repack(repo, packs, opts, report, progress)
     report.packs_written = sorted(new_packs)
@@ -302,17 +331,32 @@ def _rewrite(repo: Repository, packs: dict[str, PackInfo], kept: dict[str, list[
     progress("index", 0, 1)
     new_index = write_index(repo, final, old_index)
     report.index_files_written = len(new_index)
+    pinned: set[str] = set()  # listed by an index file that stays: they stay too
     for name in old_index:
+        if name in locked_index:
+            continue
         if name not in new_index:
-            with contextlib.suppress(NotFoundError):
-                repo.backend.delete(Kind.INDEX, name)
-            report.index_files_removed += 1
+            try:
+                with contextlib.suppress(NotFoundError):
+                    repo.backend.delete(Kind.INDEX, name)
+                report.index_files_removed += 1
+            except ImmutableError as exc:
+                report.index_files_locked += 1
+                report.locked_until = max(report.locked_until, exc.until)
+                pinned.update(index_from_json(repo.load_json(Kind.INDEX, name))[0])
     progress("index", 1, 1)
     doomed = report.packs_deleted + report.packs_repacked
     for done, pack_id in enumerate(doomed):
         progress("delete packs", done, len(doomed))
-        with contextlib.suppress(NotFoundError):
-            repo.backend.delete(Kind.DATA, pack_id)
+        try:
+            if pack_id in pinned:
+                report.packs_locked.append(pack_id)
+                continue
+            with contextlib.suppress(NotFoundError):
+                repo.backend.delete(Kind.DATA, pack_id)
+        except ImmutableError as exc:
+            report.packs_locked.append(pack_id)
+            report.locked_until = max(report.locked_until, exc.until)
     progress("delete packs", len(doomed), len(doomed))
     fresh = MasterIndex()
     for pack_id, entries in final.items():
@@ -354,6 +398,13 @@ def _prune(repo: Repository, opts: PruneOptions, progress: ProgressFn) -> PruneR
     report.packs_unindexed = sorted(p.id for p in packs.values() if not p.indexed)
     _choose_keepers(used, packs)
     _decide(packs, opts)
+    locked_index, pinned = _locked_index(repo, report)
+    report.index_files_locked = len(locked_index)
+    for pack_id in sorted(pinned):  # a kept index file must not name a missing pack
+        info = packs.get(pack_id)
+        if info is not None and info.action in ("delete", "repack"):
+            info.action = "keep"
+            report.packs_locked.append(pack_id)
     kept = {p.id: p.entries for p in packs.values() if p.action == "keep"}
     report.packs_kept = len(kept)
     report.packs_deleted = sorted(p.id for p in packs.values() if p.action == "delete")
@@ -368,7 +419,7 @@ def _prune(repo: Repository, opts: PruneOptions, progress: ProgressFn) -> PruneR
         return report
 
     if any(p.action != "keep" or not p.indexed for p in packs.values()):
-        _rewrite(repo, packs, kept, used, opts, report, progress)
+        _rewrite(repo, packs, kept, used, opts, report, progress, locked_index)
     report.temporaries_removed = _remove_temporaries(repo, opts.temporaries_older_than)
     report.bitmaps_removed = _remove_orphan_bitmaps(repo, {s.id for s in snaps})
     report.bytes_after = sum(f.size for f in repo.backend.list(Kind.DATA))

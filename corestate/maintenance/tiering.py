@@ -31,29 +31,42 @@ Terms:
   the model as a read of the whole object (an upper bound on retrieval fees). A
   ``check --read-data`` reads every pack, so a regular full check makes cold storage
   cost what it really would.
-- *current class*: every object is taken to be in the first class of the price list;
-  the repository does not record storage classes.
+- *class record*: one sidecar file per ``tiering --apply`` run,
+  ``corestate/classes-<unix seconds>-<8 hex>``, encrypted; JSON lines: a header
+  ``{"time"}``, then one ``{"pack", "class"}`` per pack moved. Later runs win. A pack
+  with no record is in the first class of the price list (where backups write);
+- *current class* of an object: the recorded class of its packs (of most of its bytes,
+  should they differ);
+- *moving* an object (:func:`apply`) changes the storage class of each of its packs on
+  the store (S3: the object copied onto itself with the new class) and records it;
+- an *archive class* (:data:`ARCHIVE_CLASSES`: S3's GLACIER and DEEP_ARCHIVE) serves no
+  read until a restore request has made a temporary copy: restore and ``check
+  --read-data`` refuse upfront, naming the packs' classes and what to do, rather than
+  failing half-way on the first such pack.
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import orjson
 
 from corestate.errors import CoreStateError, NotFoundError, PermanentError
 from corestate.maintenance import ProgressFn, no_progress
-from corestate.maintenance.usage import snapshot_usage
+from corestate.maintenance.usage import snapshot_usage, tree_blob_ids
 from corestate.models import tiering as model
 from corestate.repository import ordinals
 from corestate.repository.backend import Backend, FileInfo, Kind
 from corestate.repository.pack import BlobType
 from corestate.repository.repository import Repository
+from corestate.repository.snapshot import Snapshot
 
 ACCESS_PREFIX = "access-"
+CLASSES_PREFIX = "classes-"
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})  # S3: no read without a restore
 
 
 # -- recording ------------------------------------------------------------------------------
@@ -230,8 +243,10 @@ class Inventory:
 
 
 def inventory(repo: Repository, current: str = "STANDARD",
-              progress: ProgressFn = no_progress) -> Inventory:
-    """Snapshot and pack objects (see the module doc), all in class ``current``.
+              progress: ProgressFn = no_progress,
+              classes: Mapping[str, str] | None = None) -> Inventory:
+    """Snapshot and pack objects (see the module doc), in their recorded class
+    (``classes``: pack id -> class), else in class ``current``.
 
     Reads the index, the ordinal table and every snapshot's blob bitmap (walking the
     trees of a snapshot whose bitmap is missing or stale); stores nothing."""
@@ -271,13 +286,17 @@ def inventory(repo: Repository, current: str = "STANDARD",
         i = first_user[pack_id]
         if pack_id in shared:
             obj = model.StoredObject(pack_id, "pack", sizes[pack_id], snaps[i].time / 1e9,
-                                     current)
+                                     (classes or {}).get(pack_id, current))
             inv.candidates.append(Candidate(obj, (pack_id,)))
         else:
             exclusive.setdefault(i, []).append(pack_id)
     for i, packs in sorted(exclusive.items()):
+        weight: dict[str, int] = {}
+        for p in packs:
+            cls = (classes or {}).get(p, current)
+            weight[cls] = weight.get(cls, 0) + sizes[p]
         obj = model.StoredObject(snaps[i].id, "snapshot", sum(sizes[p] for p in packs),
-                                 snaps[i].time / 1e9, current)
+                                 snaps[i].time / 1e9, max(weight, key=lambda c: weight[c]))
         inv.candidates.append(Candidate(obj, tuple(packs)))
     return inv
 
@@ -343,6 +362,7 @@ class TieringReport:
     unused_packs: int
     access_runs: int
     unreadable_logs: int
+    classes: dict[str, str] = field(default_factory=dict)  # recorded: pack id -> class
 
     @property
     def total_saving(self) -> float:
@@ -377,6 +397,7 @@ class TieringReport:
             "candidates": self.candidates, "tree_packs": self.tree_packs,
             "unused_packs": self.unused_packs, "access_runs": self.access_runs,
             "unreadable_access_logs": self.unreadable_logs,
+            "classes": class_counts(self.classes),
         }
 
 
@@ -386,7 +407,8 @@ def advise(repo: Repository, now: float,
     """Which snapshots and packs of ``repo`` to move, as of ``now`` (seconds since the
     epoch), largest monthly saving first; moves saving less than ``min_saving`` USD a
     month are left out."""
-    inv = inventory(repo, prices[0].name, progress)
+    classes = load_classes(repo)
+    inv = inventory(repo, prices[0].name, progress, classes)
     log = load_access_log(repo)
     reads = accesses(inv.candidates, log.runs)
     advice = model.advise([c.object for c in inv.candidates], reads, now, prices,
@@ -397,4 +419,98 @@ def advise(repo: Repository, now: float,
             last_read[a.object_id] = max(a.time, last_read.get(a.object_id, a.time))
     return TieringReport(now, prices, advice, {c.object.id: c for c in inv.candidates},
                          last_read, len(inv.candidates), inv.tree_packs, inv.unused_packs,
-                         len(log.runs), log.unreadable)
+                         len(log.runs), log.unreadable, classes)
+
+
+# -- moving data ---------------------------------------------------------------------------
+def class_counts(classes: Mapping[str, str]) -> dict[str, int]:
+    """Packs per recorded class."""
+    out: dict[str, int] = {}
+    for cls in classes.values():
+        out[cls] = out.get(cls, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def load_classes(repo: Repository) -> dict[str, str]:
+    """Every pack's recorded class (see the module doc), for packs still stored. Records
+    only inform: an unreadable sidecar directory or file counts as no record."""
+    runs: list[tuple[float, dict[str, str]]] = []
+    try:
+        names = repo.list_sidecar()
+    except CoreStateError:
+        names = []
+    for name in names:
+        if not name.startswith(CLASSES_PREFIX):
+            continue
+        try:
+            lines = repo.load_sidecar(name).splitlines()
+            head = orjson.loads(lines[0]) if lines else None
+            if not isinstance(head, dict) or not isinstance(head.get("time"), (int, float)):
+                continue
+            moved = {}
+            for line in lines[1:]:
+                doc = orjson.loads(line)
+                if isinstance(doc, dict) and isinstance(doc.get("pack"), str) \
+                        and isinstance(doc.get("class"), str):
+                    moved[doc["pack"]] = doc["class"]
+            runs.append((float(head["time"]), moved))
+        except (CoreStateError, orjson.JSONDecodeError):
+            continue  # an unreadable record only informs advice less
+    stored = {f.name for f in repo.backend.list(Kind.DATA)} if runs else set()
+    out: dict[str, str] = {}
+    for _, moved in sorted(runs, key=lambda run: run[0]):
+        out.update((p, c) for p, c in moved.items() if p in stored)
+    return out
+
+
+def save_classes(repo: Repository, when: float, moved: Mapping[str, str]) -> str | None:
+    """Record the packs moved by one run; returns the file's name (None if none moved)."""
+    if not moved:
+        return None
+    name = f"{CLASSES_PREFIX}{max(0, int(when)):012d}-{secrets.token_hex(4)}"
+    lines = [orjson.dumps({"time": when})]
+    lines += [orjson.dumps({"pack": p, "class": c}) for p, c in sorted(moved.items())]
+    repo.save_sidecar(name, b"\n".join(lines) + b"\n")
+    return name
+
+
+def apply(repo: Repository, report: TieringReport, move: Callable[[str, str], None],
+          when: float, progress: ProgressFn = no_progress) -> dict[str, str]:
+    """Move every advised object's packs to its target class with ``move(pack, class)``
+    and record them (also when a move fails half-way: what moved stays recorded).
+    Returns pack id -> new class."""
+    todo = [(p, a.target) for a in report.advice for p in report.objects[a.object_id].packs]
+    moved: dict[str, str] = {}
+    try:
+        for done, (pack_id, target) in enumerate(todo):
+            progress("move packs", done, len(todo))
+            move(pack_id, target)
+            moved[pack_id] = target
+        progress("move packs", len(todo), len(todo))
+    finally:
+        save_classes(repo, when, moved)
+    return moved
+
+
+def archived_packs(repo: Repository, snapshot: Snapshot | None = None) -> dict[str, str]:
+    """Recorded packs in an archive class (of those ``snapshot`` uses, if given)."""
+    cold = {p: c for p, c in load_classes(repo).items() if c in ARCHIVE_CLASSES}
+    if not cold or snapshot is None:
+        return cold
+    repo.load_index()
+    needed = set()
+    for blob in tree_blob_ids(repo, snapshot.tree):
+        loc = repo.index.lookup(blob)
+        if loc is not None:
+            needed.add(loc.pack)
+    return {p: c for p, c in cold.items() if p in needed}
+
+
+def archived_message(cold: Mapping[str, str], what: str) -> str:
+    """What to do about ``cold`` packs that ``what`` (e.g. "this restore") would read."""
+    counts = ", ".join(f"{n} in {c}" for c, n in class_counts(cold).items())
+    return (f"{what} needs {len(cold)} packs that `corestate tiering --apply` moved to an "
+            f"archive class ({counts}), which S3 reads only after a restore request: list "
+            "them with `corestate tiering --archived`, request their restore (e.g. `aws s3api "
+            "restore-object --bucket BUCKET --key KEY --restore-request Days=7`), and run "
+            "this again once they are readable")

@@ -1,6 +1,9 @@
-# Shared by deploy/kafka/broker.sh and deploy/registry/registry.sh: a JVM service, run as
-# deploy/lib/service.sh describes; the sourcing script also sets JAVA_NEEDS (what the
-# Java check names).
+# Shared by deploy/kafka/broker.sh and deploy/registry/registry.sh: a JVM service, i.e.
+# deploy/lib/service.sh (pid file, start wait, stop, status, logs) plus the Java check.
+#
+# The sourcing script sets what service.sh asks for, and JAVA_NEEDS (what the Java
+# check names).
+
 # shellcheck source=service.sh
 . "$(dirname "${BASH_SOURCE[0]}")/service.sh"
 
@@ -22,4 +25,3 @@ ensure_tools() {
   v="$("$JAVA" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1)"
   [[ -n "$v" && "$v" -ge 17 ]] || die "$JAVA_NEEDS needs Java 17 or newer; $JAVA is ${v:-unknown} (set JAVA_HOME)"
 }
-

@@ -1,6 +1,6 @@
 # Shared by the scripts under deploy/ that run one service in the background on
-# 127.0.0.1, with a pid file and a log in its data directory (Kafka, the schema registry,
-# Prometheus, the Pushgateway).
+# 127.0.0.1, with a pid file and a log in its data directory (Kafka and the schema
+# registry via jvm-service.sh, Prometheus, the Pushgateway, the storage servers).
 #
 # The sourcing script sets: SERVICE (name in messages), PORT, WHERE (where it answers,
 # for messages), PIDFILE, LOGFILE, START_TIMEOUT, STOP_TIMEOUT; and defines running_pid

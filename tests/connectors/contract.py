@@ -42,6 +42,8 @@ def names(backend: Backend, kind: Kind) -> set[str]:
 class BackendContract:
     """Behaviour every backend must have. Subclasses implement :meth:`make_backend`."""
 
+    listing_page = 1_000  # the store's page size for listings; the suite lists more
+
     def make_backend(self, root: Path) -> Backend:
         """A backend for a repository at ``root`` (a path, or a key for a non-file store)
         that has not been created yet."""
@@ -174,6 +176,15 @@ class BackendContract:
         assert backend.stat(Kind.DATA, name).size == 20 * MIB
         assert content_name(backend.read(Kind.DATA, name)) == name
         assert backend.read(Kind.DATA, name, offset=13 * MIB, length=MIB) == data[13 * MIB : 14 * MIB]
+
+    def test_listing_of_more_than_a_thousand_files(self, backend: Backend) -> None:
+        # Object stores page listings (S3, GCS by 1,000, Azure by 5,000): every page counts.
+        contents = [f"lock {i}".encode() for i in range(self.listing_page + 100)]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(lambda d: backend.write(Kind.LOCKS, content_name(d), d), contents))
+        listed = list(backend.list(Kind.LOCKS))
+        assert len(listed) == len(contents)
+        assert {info.name for info in listed} == {content_name(d) for d in contents}
 
     def test_concurrent_writes_of_different_files(self, backend: Backend) -> None:
         contents = [random.Random(i).randbytes(10_000 + i) for i in range(64)]
