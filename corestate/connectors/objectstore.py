@@ -114,6 +114,13 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def _reopened(cls: type[ObjectStoreBackend], location: Location,
+              retention: Retention | None) -> ObjectStoreBackend:
+    backend = cls(location)  # type: ignore[call-arg]  # the subclasses take a location
+    backend.retention = retention
+    return backend
+
+
 class ObjectStoreBackend:
     """A :class:`~corestate.repository.backend.Backend` on ``store`` at ``location``.
     ``retention`` (None: nothing is locked) is set when the repository is opened, by
@@ -127,6 +134,11 @@ class ObjectStoreBackend:
         self.store = store
         self.retention: Retention | None = None
         self.clock = time.time
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        """A copy for another process (the backup's and restore's workers): the same
+        location and retention, with clients of its own."""
+        return (_reopened, (type(self), self.loc, self.retention))
 
     def location(self) -> str:
         return str(self.loc)

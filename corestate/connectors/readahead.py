@@ -56,6 +56,10 @@ class ReadAheadBackend:
         self._fetching: dict[tuple[str, int], _Fetch] = {}
         self.fetches = 0  # windows fetched from the inner backend (for tests)
 
+    def __reduce__(self) -> tuple[object, tuple[Backend, int, int]]:
+        # a copy for a worker process: the same windows, a cache of its own
+        return (ReadAheadBackend, (self.inner, self.window, self.windows))
+
     def location(self) -> str:
         return self.inner.location()
 

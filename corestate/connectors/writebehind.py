@@ -47,6 +47,10 @@ class WriteBehindBackend:
         self._in_flight: set[Future[None]] = set()
         self._error: BaseException | None = None
 
+    def __reduce__(self) -> tuple[object, tuple[Backend, int]]:
+        # a copy for a worker process: uploads of its own (it waits for them itself)
+        return (WriteBehindBackend, (self.inner, self.uploads))
+
     def location(self) -> str:
         return self.inner.location()
 

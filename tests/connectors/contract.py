@@ -12,6 +12,7 @@ uses them, so data files fall into different two-hex-digit prefixes.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,18 @@ class BackendContract:
 
     def test_implements_the_protocol(self, backend: Backend) -> None:
         assert isinstance(backend, Backend)
+
+    def test_a_copy_for_another_process_works_on_the_same_files(self, backend: Backend) -> None:
+        # the backup's and restore's worker processes get the backend pickled
+        data = b"written before the copy" * 100
+        backend.write(Kind.DATA, content_name(data), data)
+        copy = pickle.loads(pickle.dumps(backend))
+        assert copy.location() == backend.location()
+        assert copy.read(Kind.DATA, content_name(data)) == data
+        more = b"written by the copy" * 100
+        copy.write(Kind.DATA, content_name(more), more)
+        copy.close()
+        assert backend.read(Kind.DATA, content_name(more)) == more
 
     def test_create_on_an_empty_root(self, tmp_path: Path) -> None:
         backend = self.make_backend(tmp_path / "repo")
