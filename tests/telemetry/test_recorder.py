@@ -14,7 +14,7 @@ import pytest
 from corestate.agents.protect import ConsistencyPoint
 from corestate.kernel.watch import ChangeBatch
 from corestate.pipeline.backup import BackupSummary
-from corestate.pipeline.stages import Emit
+from corestate.pipeline.stage import Emit
 from corestate.schemas.events import BarrierAck, DeadLetter, SnapshotCommitted, SnapshotMarker
 from corestate.telemetry.otel import OtelRecorder
 
