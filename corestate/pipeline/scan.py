@@ -23,7 +23,8 @@ The walk is iterative (trees nest thousands deep). Errors (an unreadable directo
 entry that cannot be stat-ed) are reported and the entry left out; the run goes on.
 
 The virtual directories above the source paths (``/home`` and ``/home/u`` for
-``/home/u/docs``) are captured like any directory, with only the entries on the way.
+``/home/u/docs``) are captured like any directory, with only the entries on the way; a
+symlink among them is recorded as the directory it leads to.
 """
 
 from __future__ import annotations
@@ -228,7 +229,10 @@ class Scanner:
                     self._removed(d, full)
                 continue
             try:
-                st = os.lstat(full)
+                # a directory above a source path is recorded as the directory it leads
+                # to, even through a symlink (the user named the path); all else as is
+                above = only is not None and only[name] is not None
+                st = os.stat(full) if above else os.lstat(full)
                 node = node_from_stat(name, full, st)
             except FileNotFoundError:
                 if prev is not None:

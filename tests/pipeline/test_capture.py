@@ -102,3 +102,24 @@ def test_repository_inside_the_backed_up_directory_is_left_out(tmp_path):
     run_corestate("backup", str(src), "--repo", str(repo))
     listing = run_corestate("ls", "latest", "--repo", str(repo)).stdout
     assert str(src / "f") in listing and str(repo) not in listing
+
+
+def test_a_source_path_below_a_symlinked_directory_is_backed_up(tmp_path):
+    """/x/link/src with link -> real: the snapshot holds src's files (the symlink on the
+    way is recorded as the directory it leads to), not an empty symlink node."""
+    from corestate.connectors.url import open_backend
+    from corestate.pipeline.backup import BackupOptions, backup
+    from corestate.repository.repository import Repository
+    from corestate.repository.walk import walk
+
+    (tmp_path / "real" / "src").mkdir(parents=True)
+    (tmp_path / "real" / "src" / "f.txt").write_text("through a symlink\n")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    repo = Repository.init(open_backend(str(tmp_path / "repo")), "pw")
+    summary = backup(repo, BackupOptions(paths=[str(tmp_path / "link" / "src")], workers=0))
+    assert summary.files_new == 1 and summary.errors == []
+    repo.load_index()
+    paths = {p: n for p, n in walk(repo, repo.load_snapshot(summary.snapshot_id).tree)}
+    f = os.fsencode(str(tmp_path / "link" / "src" / "f.txt"))
+    assert f in paths and paths[os.fsencode(str(tmp_path / "link"))].type == "dir"
+    assert repo.load_blob(paths[f].content[0]) == b"through a symlink\n"
