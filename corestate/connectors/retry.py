@@ -59,6 +59,10 @@ class RetryBackend:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
 
+    def __reduce__(self) -> tuple[object, tuple[Backend, int, float, float]]:
+        # a copy for a worker process: the same budget, its own clock and dice
+        return (RetryBackend, (self.inner, self.attempts, self._base_delay, self._max_delay))
+
     def backoff(self, failures: int) -> float:
         """The pause, in seconds, after the ``failures``-th failed attempt."""
         # The exponent is capped so a huge attempt count cannot overflow a float.

@@ -278,24 +278,28 @@ class Scanner:
             if up is None:
                 return  # the root: always assembled
             prev = d.prev
-            if d.clean and prev is not None and prev.type == "dir" and prev.subtree is not None \
-                    and d.node is not None and _same_node(prev, d.node):
+            unchanged_below = d.clean and prev is not None and prev.type == "dir" \
+                and prev.subtree is not None
+            # counted as restic counts: by what lies below (its own metadata aside)
+            if unchanged_below:
                 self.report.dirs_unmodified += 1
-                if d.complete and self.summaries is not None:
-                    bitmap = BitMap.union(self.summaries.blob_ordinals([prev.subtree]), *d.parts)
-                    self.summaries.subtree(prev.subtree, d.files, bitmap)
-                    up.files += d.files
-                    up.parts.append(bitmap)
-                else:
-                    up.complete = False
+            elif prev is None or prev.type != "dir":
+                self.report.dirs_new += 1
             else:
+                self.report.dirs_changed += 1
+            if unchanged_below and d.complete and self.summaries is not None:
+                assert prev is not None and prev.subtree is not None
+                bitmap = BitMap.union(self.summaries.blob_ordinals([prev.subtree]), *d.parts)
+                self.summaries.subtree(prev.subtree, d.files, bitmap)
+                up.files += d.files
+                up.parts.append(bitmap)
+            else:
+                up.complete = False
+            if not (unchanged_below and prev is not None and d.node is not None
+                    and _same_node(prev, d.node)):
                 assert d.node is not None
-                self._capture(d.path, d.node)
+                self._capture(d.path, d.node)  # new metadata (its subtree may be the parent's)
                 up.clean = False
-                if prev is None or prev.type != "dir":
-                    self.report.dirs_new += 1
-                else:
-                    self.report.dirs_changed += 1
             up.pending -= 1
             d = up
 

@@ -64,6 +64,7 @@ class BackendContract:
         # the backup's and restore's worker processes get the backend pickled
         data = b"written before the copy" * 100
         backend.write(Kind.DATA, content_name(data), data)
+        assert backend.read(Kind.DATA, content_name(data)) == data  # done writing it
         copy = pickle.loads(pickle.dumps(backend))
         assert copy.location() == backend.location()
         assert copy.read(Kind.DATA, content_name(data)) == data
