@@ -7,8 +7,9 @@ import click
 from corestate.cli import monitoring
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
-from corestate.cli.prune import phase_bars
-from corestate.cli.restore import access_time, open_recording, record_reads
+from corestate.cli.output import phase_bars
+from corestate.cli.access_log import open_recording, record_reads
+from corestate.cli.times import access_time
 from corestate.errors import CoreStateError, PermanentError
 from corestate.maintenance import check as checking
 from corestate.maintenance.tiering import archived_message, archived_packs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from corestate.cli.context import Context, pass_ctx
-from corestate.cli.ls import Skipped, echo_raw
+from corestate.cli.output import Skipped, echo_raw
 from corestate.cli.main import cli
 from corestate.maintenance import find as finding
 from corestate.maintenance.listing import local_time, show

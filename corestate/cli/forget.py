@@ -9,7 +9,7 @@ from rich.table import Table
 
 from corestate.cli.context import Context, pass_ctx
 from corestate.cli.main import cli
-from corestate.cli.prune import phase_bars, print_report
+from corestate.cli.output import phase_bars, print_report
 from corestate.errors import IntegrityError, PermanentError
 from corestate.maintenance import forget as forgetting
 from corestate.maintenance import prune as pruning

@@ -1,49 +1,15 @@
-"""``corestate ls``: list the nodes of a snapshot.
-
-Also home of what ``find``, ``stats`` and ``diff`` share with it: :func:`echo_raw`, which
-prints text holding undecodable file names (as surrogates) back as their original bytes,
-and :class:`Skipped`, which reports damaged entries met on a walk.
-"""
+"""``corestate ls``: list the nodes of a snapshot."""
 
 from __future__ import annotations
-
-import sys
 
 import click
 
 from corestate.cli.context import Context, pass_ctx
+from corestate.cli.output import Skipped, echo_raw
 from corestate.cli.main import cli
-from corestate.errors import CoreStateError, NotFoundError
+from corestate.errors import NotFoundError
 from corestate.maintenance.listing import local_time, long_line, node_json, show
 from corestate.repository.walk import find_node, walk
-
-
-def echo_raw(text: str) -> None:
-    """Print one line of a command's result to stdout, surrogate-escaped bytes restored
-    (results are printed under --quiet too, as restic does)."""
-    sys.stdout.flush()
-    sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape") + b"\n")
-    sys.stdout.buffer.flush()
-
-
-class Skipped:
-    """The ``on_error`` of a walk for commands that list: a damaged entry or an
-    unreadable directory is warned about with its path as it is met, the walk goes on,
-    and :meth:`finish` then fails the command (exit 1) saying how many were skipped."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.count = 0
-
-    def __call__(self, path: bytes, exc: CoreStateError) -> None:
-        self.count += 1
-        self.ctx.warn(f"{path.decode('utf-8', 'backslashreplace')}: {exc.message}")
-
-    def finish(self) -> None:
-        if self.count:
-            what = "entry was" if self.count == 1 else "entries were"
-            raise CoreStateError(f"{self.count} damaged {what} skipped (listed above); "
-                                 "`corestate check` tells more")
 
 
 @cli.command()

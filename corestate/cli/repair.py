@@ -7,7 +7,7 @@ import click
 
 from corestate.cli.context import Context, pass_ctx
 from corestate.cli.main import cli
-from corestate.cli.prune import phase_bars
+from corestate.cli.output import phase_bars
 from corestate.maintenance import repair as repairing
 
 

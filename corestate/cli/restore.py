@@ -3,66 +3,17 @@
 from __future__ import annotations
 
 import os
-import time
-from datetime import datetime
 
 import click
 
+from corestate.cli.access_log import open_recording, record_reads
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
+from corestate.cli.times import access_time, parse_when
 from corestate.errors import CoreStateError, PermanentError
-from corestate.maintenance.tiering import (AccessRun, RecordingBackend, archived_message,
-                                           archived_packs, save_access_log)
+from corestate.maintenance.tiering import archived_message, archived_packs
 from corestate.restore import Overwrite
 from corestate.restore import restore as run_restore
-from corestate.repository.repository import Repository
-
-
-def parse_when(text: str) -> int:
-    """A point in time as ns since the epoch: ISO 8601 / RFC 3339 (local time when no
-    offset is given), or a Unix timestamp."""
-    try:
-        return int(float(text) * 1e9)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise PermanentError(f"--at: cannot read {text!r} as a time "
-                             "(use e.g. 2026-11-28T14:05:30 or a Unix timestamp)") from None
-    if when.tzinfo is None:
-        when = when.astimezone()  # local time
-    return int(when.timestamp() * 1e9)
-
-
-def access_time(ctx: Context) -> float:
-    """Now, in seconds since the epoch, as recorded for pack reads: ``CORESTATE_NOW``
-    when set (same forms as ``--at``; a fixed clock for what-if runs and tests), else
-    the system clock (with a warning if ``CORESTATE_NOW`` cannot be read)."""
-    fixed = os.environ.get("CORESTATE_NOW")
-    if fixed:
-        try:
-            return parse_when(fixed) / 1e9
-        except PermanentError as exc:
-            ctx.warn(f"CORESTATE_NOW{exc.message.removeprefix('--at')}; recording the "
-                     "system time instead")
-    return time.time()
-
-
-def open_recording(ctx: Context) -> tuple[Repository, RecordingBackend]:
-    """The repository, opened through a backend that notes which packs are read."""
-    recorder = RecordingBackend(ctx.open_backend())
-    return Repository.open(recorder, ctx.password()), recorder
-
-
-def record_reads(ctx: Context, repo: Repository, recorder: RecordingBackend, command: str,
-                 when: float, snapshot: str | None = None) -> None:
-    """Add the packs this run read to the access log (for `corestate tiering`); a
-    failure is a warning, never the command's failure."""
-    try:
-        save_access_log(repo, AccessRun(when, command, recorder.reads, snapshot))
-    except (CoreStateError, OSError) as exc:
-        ctx.warn(f"could not record which packs were read (for `corestate tiering`): {exc}")
 
 
 @cli.command()

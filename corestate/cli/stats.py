@@ -6,9 +6,9 @@ from __future__ import annotations
 import click
 
 from corestate.cli.context import Context, human_size, pass_ctx
-from corestate.cli.ls import Skipped
+from corestate.cli.output import Skipped
 from corestate.cli.main import cli
-from corestate.cli.prune import phase_bars
+from corestate.cli.output import phase_bars
 from corestate.maintenance import stats as statistics
 
 

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
-from corestate.cli.prune import phase_bars
-from corestate.cli.restore import access_time, parse_when
+from corestate.cli.output import phase_bars
+from corestate.cli.times import access_time, parse_when
 from corestate.connectors import immutable
 from corestate.errors import PermanentError
 from corestate.maintenance import tiering as tiers
