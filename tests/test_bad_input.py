@@ -91,16 +91,20 @@ def test_kill_during_backup_then_resume(tmp_path, repo_path, corestate, restic, 
                              "--repo", str(repo_path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     data_dir = repo_path / "data"
+
+    def packs() -> set[str]:  # durable packs, not the temporary files being written
+        return {f for _, _, files in os.walk(data_dir) for f in files if not f.startswith(".")}
+
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # kill once some packs are durable
-        if sum(len(files) for _, _, files in os.walk(data_dir)) >= packs_before_kill:
+        if len(packs()) >= packs_before_kill:
             break
         time.sleep(0.01)
     if packs_before_kill == 0:
         time.sleep(0.3)  # somewhere in start-up: lock, index, first reads
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    packs_before = {f for _, _, files in os.walk(data_dir) for f in files}
+    packs_before = packs()
     assert len(packs_before) >= packs_before_kill
     assert not list((repo_path / "snapshots").iterdir())
     # consistent even with no snapshot yet (restic leaves the dead process's lock to unlock)

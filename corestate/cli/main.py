@@ -44,7 +44,10 @@ class CommandGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if self is cli and cmd_name not in self.commands and cmd_name in COMMANDS:
             _load(COMMANDS[cmd_name])
-        return super().get_command(ctx, cmd_name)
+        cmd = super().get_command(ctx, cmd_name)
+        if self is cli and cmd is not None:
+            _add_common(cli)  # also for a command module imported before main() ran
+        return cmd
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = set(self.commands)

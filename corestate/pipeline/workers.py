@@ -23,6 +23,7 @@ reported the same way, naming the signal.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import queue
 import signal
@@ -71,6 +72,7 @@ def serve(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
     _die_with_parent()
     tune_malloc()
+    _log_like_parent()
     conn = Connection(fd)
     handler: Handler | None = None
     index = -1
@@ -112,13 +114,29 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _parent_logging() -> dict[str, str]:
+    """The main process's root logging level and line format, for its workers."""
+    root = logging.getLogger()
+    formats = [h.formatter._fmt for h in root.handlers if h.formatter and h.formatter._fmt]
+    return {"CORESTATE_WORKER_LOG_LEVEL": str(root.level),
+            "CORESTATE_WORKER_LOG_FORMAT": formats[0] if formats else logging.BASIC_FORMAT}
+
+
+def _log_like_parent() -> None:
+    """Log to stderr as the main process does (a warning from a worker reads like one
+    from the main process)."""
+    level = os.environ.get("CORESTATE_WORKER_LOG_LEVEL")
+    if level is not None:
+        logging.basicConfig(level=int(level), format=os.environ["CORESTATE_WORKER_LOG_FORMAT"])
+
+
 class WorkerProcess:
     """The main process's side of a worker (see the module docstring)."""
 
     def __init__(self, index: int, job: Job, replies: Replies, what: str) -> None:
         ours, theirs = socket.socketpair()
         code = f"from corestate.pipeline.workers import serve; serve({theirs.fileno()})"
-        env = {**os.environ, "CORESTATE_WORKER_PARENT": str(os.getpid())}
+        env = {**os.environ, "CORESTATE_WORKER_PARENT": str(os.getpid()), **_parent_logging()}
         self.process = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
                                         env=env, stdin=subprocess.DEVNULL)
         theirs.close()

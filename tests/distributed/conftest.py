@@ -42,8 +42,7 @@ class Cluster:
     partitions: int
 
     def cli(self, *args: str) -> list[str]:
-        return [sys.executable, "-c", "import corestate.cli.agent, corestate.cli.worker; "
-                "from corestate.cli.main import main; main()", *args]
+        return [sys.executable, "-c", "from corestate.cli.main import main; main()", *args]
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "CORESTATE_PASSWORD": PASSWORD,
