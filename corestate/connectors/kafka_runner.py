@@ -89,19 +89,36 @@ class Role:
     acknowledged is the stage's to say (:meth:`~corestate.pipeline.stage.Stage.settled`):
     the role acknowledges, per partition, every record at or before that position.
     ``codec`` decodes the records (default: no registry, so registry-framed records are
-    dead-lettered)."""
+    dead-lettered).
+
+    ``topics``: the input topics (full names). The stage sees one *lane* per topic and
+    partition (:meth:`lane`): a role that reads two topics (the committer) must not
+    compare an offset of one with an offset of the other."""
 
     def __init__(self, name: str, stage: Stage, send: Callable[[Emit], Any],
-                 fail: Callable[[BaseException], None], codec: Codec | None = None) -> None:
+                 fail: Callable[[BaseException], None], codec: Codec | None = None,
+                 topics: Sequence[str] = ()) -> None:
         self.name = name
         self.stage = stage
+        self.topics = list(topics)
         self.codec = codec if codec is not None else Codec()
         self._send = send
         self._fail = fail
         self.lock = asyncio.Lock()
-        self._pending: dict[int, list[Any]] = {}  # partition -> faust events not acked
+        self._pending: dict[int, list[Any]] = {}  # lane -> faust events not acked
         self.generation = 0                    # bumped when partitions move
         self.dead_letters = 0
+
+    def lane(self, topic: str, partition: int) -> int:
+        """The stage's partition for a record of ``topic``: the Kafka partition itself
+        for a role with one input topic; else partition × topics + the topic's place.
+
+        >>> Role("commit", None, None, None, topics=["p.files", "p.stored"]).lane("p.stored", 2)
+        5
+        """
+        if len(self.topics) < 2:
+            return partition
+        return partition * len(self.topics) + self.topics.index(topic)
 
     async def handle(self, event: Any) -> None:
         """Run the record through the stage, produce what it emits, and acknowledge what
@@ -129,12 +146,13 @@ class Role:
 
     async def _handle_once(self, event: Any) -> None:
         msg = event.message
+        lane = self.lane(msg.topic, msg.partition)
         generation = self.generation
         settled_alone = False
         started, decoded = time.perf_counter(), None
         try:
             decoded = self.codec.decode(msg.value or b"")
-            emits = list(self.stage.handle(msg.partition, msg.offset, decoded))
+            emits = list(self.stage.handle(lane, msg.offset, decoded))
         except (UndecodableEventError, RejectedEventError) as exc:
             emits = [self._dead_letter(msg, getattr(exc, "reason", None) or str(exc))]
             settled_alone = True  # the stage holds nothing of it
@@ -148,8 +166,8 @@ class Role:
             # never moves the offset past an earlier record still held
             event.ack()
             return
-        self._pending.setdefault(msg.partition, []).append(event)
-        self._ack(msg.partition)
+        self._pending.setdefault(lane, []).append(event)
+        self._ack(lane)
 
     def _dead_letter(self, msg: Any, reason: str) -> Emit:
         log.warning("%s[%d]@%d to the dead-letter topic: %s", msg.topic, msg.partition,
@@ -159,21 +177,21 @@ class Role:
                                       reason=reason, time=datetime.now(timezone.utc),
                                       key=msg.key, value=msg.value))
 
-    def _ack(self, partition: int) -> None:
-        """Acknowledge the records of ``partition`` that the stage says are settled."""
-        upto = self.stage.settled(partition)
-        pending = self._pending.get(partition)
+    def _ack(self, lane: int) -> None:
+        """Acknowledge the records of ``lane`` that the stage says are settled."""
+        upto = self.stage.settled(lane)
+        pending = self._pending.get(lane)
         if upto is None or not pending:
             return
         keep = [e for e in pending if e.message.offset > upto]
         for e in pending:
             if e.message.offset <= upto:
                 e.ack()
-        self._pending[partition] = keep
+        self._pending[lane] = keep
 
     def _ack_all(self) -> None:
-        for partition in list(self._pending):
-            self._ack(partition)
+        for lane in list(self._pending):
+            self._ack(lane)
 
     async def _emit(self, emits: Iterable[Emit]) -> None:
         for emit in list(emits):
@@ -318,9 +336,10 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
             stage = CommitStage(repo(), abandon_after)
         else:
             stage = AlertGuard(repo())
-        role = Role(name, stage, send, fail, codec)
+        inputs = [spec(s).name(prefix) for s in INPUTS[name]]
+        role = Role(name, stage, send, fail, codec, inputs)
         built.append(role)
-        source = app.topic(*(spec(s).name(prefix) for s in INPUTS[name]), key_type=bytes,
+        source = app.topic(*inputs, key_type=bytes,
                            value_type=bytes, key_serializer="raw", value_serializer="raw")
 
         async def run(stream: Any, role: Role = role) -> None:

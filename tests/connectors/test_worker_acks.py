@@ -13,12 +13,14 @@ from pathlib import Path
 
 from corestate.connectors.kafka_runner import Role
 from corestate.connectors.url import open_backend
+from corestate.pipeline.commit import CommitStage
 from corestate.pipeline.index_share import IndexShare
 from corestate.pipeline.pack import PackStage
 from corestate.pipeline.stage import Emit
 from corestate.repository.repository import Repository
 from corestate.schemas.codec import encode
-from corestate.schemas.events import Chunk, Event, SnapshotMarker
+from corestate.schemas.events import (BarrierAck, Chunk, Event, FileManifest, NodeMeta,
+                                      SnapshotMarker)
 from tests.conftest import PASSWORD
 
 
@@ -101,3 +103,30 @@ def test_records_held_at_a_revoke_are_not_acknowledged(tmp_path: Path) -> None:
     # the chunk before the barrier's first marker is acknowledged; from the marker on the
     # partition is held (its markers exist only in memory: the new owner must replay them)
     assert [e.acked for e in events] == [[0], [], []]
+
+
+def test_the_committer_never_compares_offsets_of_its_two_topics(tmp_path: Path) -> None:
+    """The committer reads ``files`` and ``stored``: partition 0 of each has offsets of
+    its own. A packer's acknowledgement at a low ``stored`` offset must not acknowledge
+    a snapshot still waiting for its other packer (its records are in memory only)."""
+    repo = Repository.init(open_backend(str(tmp_path / "repo")), PASSWORD)
+
+    async def send(emit: Emit) -> None:
+        pass
+
+    def fail(exc: BaseException) -> None:
+        raise AssertionError(f"the role failed: {exc}")
+
+    role = Role("commit", CommitStage(repo), send, fail, topics=["t.files", "t.stored"])
+    meta = NodeMeta(type="file", mode=0o644, mtime=1, atime=1, ctime=1, uid=0, gid=0)
+    manifest = FakeEvent(Message(encode(FileManifest(snapshot_id="s", path=b"/srv/a", node=meta,
+                                                     blobs=())), 0, 120, topic="t.files"))
+    ack = FakeEvent(Message(encode(BarrierAck(snapshot_id="s", packer_partition=0, durable=True,
+                                              partition_count=2)), 0, 3, topic="t.stored"))
+
+    async def run() -> None:
+        await role.handle(manifest)
+        await role.handle(ack)
+
+    asyncio.run(run())
+    assert (manifest.acked, ack.acked) == ([], [])  # the snapshot is not committed yet
