@@ -405,9 +405,13 @@ def publish_run(sink: CaptureSink, paths: list[str], host: str,
     acknowledged, else raises."""
     summary = ScanSummary(snapshot_id=new_snapshot_id(host))
 
+    ends = 0  # FileEnd events: the manifests the committer must receive
+
     def send(event: Event, partition: int | None = None) -> None:
+        nonlocal ends
         sink.send(event, partition)
         summary.records += 1
+        ends += isinstance(event, FileEnd)
 
     started = datetime.now(timezone.utc)
     abspaths = [os.path.abspath(p) for p in paths]
@@ -420,7 +424,8 @@ def publish_run(sink: CaptureSink, paths: list[str], host: str,
                                 parent=increment.parent if increment else None,
                                 rescanned=tuple(sorted(increment.rescanned)) if increment else (),
                                 removed=tuple(sorted(increment.removed)) if increment else (),
-                                excludes=tuple(excludes or ())),
+                                excludes=tuple(excludes or ()),
+                                entries=ends if kind == "end" else None),
                  partition=p)
 
     markers("begin")

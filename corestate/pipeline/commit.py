@@ -209,9 +209,10 @@ class CommitStage:
     def commit(self, snapshot_id: str, run: _Run) -> CommitReport:
         """The commit protocol, in order:
 
-        1. reload the index (the packers' index files) and check that every blob the
-           manifests reference is in it (else the run is rejected); for an incremental
-           run, load its parent snapshot (else rejected, too);
+        1. check that every entry the agent sent has its manifest (the count on its end
+           markers), reload the index (the packers' index files) and check that every
+           blob the manifests reference is in it (else the run is rejected); for an
+           incremental run, load its parent snapshot (else rejected, too);
         2. build the trees in post-order (an incremental run's onto its parent's), store
            the new ones in packs, flush the packs and write their index;
         3. write the snapshot (unless, ``replay_safe``, a replay already wrote it);
@@ -219,6 +220,10 @@ class CommitStage:
            there is a warning: both are rebuilt from the trees when missing);
         5. return the report, with the SnapshotCommitted event to publish."""
         repo = self.repo
+        marker = next(iter(run.markers.values()))
+        if marker.entries is not None and len(run.entries) < marker.entries:
+            raise RejectedEventError(f"snapshot {snapshot_id} not committed: {len(run.entries)} "
+                                     f"of the {marker.entries} entries its agent sent arrived")
         if repo.refresh_index():
             self._bitmaps.clear()  # a prune rewrote the index: ordinals may have moved
             self._table = None
@@ -227,7 +232,6 @@ class CommitStage:
             raise RejectedEventError(f"snapshot {snapshot_id} not committed: {len(missing)} "
                                      f"blob(s) are not in the index (first "
                                      f"{missing[0].hex()[:16]})")
-        marker = next(iter(run.markers.values()))
         key = (marker.host, marker.paths)
         memo = dict(self._counts.get(key, {}))
         memo.update(self._hinted)

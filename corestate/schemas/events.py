@@ -141,7 +141,9 @@ class SnapshotMarker:
     ``parent`` None: a full run. Else an incremental run: the restic id of the snapshot it
     builds on, in ``rescanned`` the directories whose whole listing it carries, and in
     ``removed`` the parent's entries that are gone. ``excludes``: the patterns the run
-    applied, recorded in the snapshot."""
+    applied, recorded in the snapshot. ``entries`` (end markers from an agent): how many
+    entries the whole run sent, so that the committer can tell a complete run from one
+    that lost a manifest on the way."""
 
     host: str
     snapshot_id: str
@@ -155,6 +157,7 @@ class SnapshotMarker:
     rescanned: tuple[bytes, ...] = ()
     removed: tuple[bytes, ...] = ()
     excludes: tuple[str, ...] = ()
+    entries: int | None = None
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,28 @@ def test_a_snapshot_whose_blobs_are_missing_is_rejected_not_committed(repo: Repo
     assert stage.idle() and repo.list_snapshots() == []
 
 
+def test_a_snapshot_that_lacks_a_manifest_its_agent_sent_is_rejected_not_committed(
+        repo: Repository) -> None:
+    """The agent's end markers count the entries it sent: a run whose manifests fall
+    short (one lost on the way) is dead-lettered, never committed without the file."""
+    from dataclasses import replace
+
+    stage = CommitStage(repo)
+    ack = BarrierAck(snapshot_id="s1", packer_partition=0, durable=True, partition_count=1)
+    end = replace(marker("end", 1, source=0), entries=2)
+    list(stage.handle(0, next(POS), FileManifest(snapshot_id="s1", path=b"/srv/a", node=META, blobs=())))
+    list(stage.handle(0, next(POS), end))
+    with pytest.raises(RejectedEventError, match="1 of the 2 entries"):
+        list(stage.handle(0, next(POS), ack))
+    assert stage.idle() and repo.list_snapshots() == []
+    # with every manifest in, the same run commits
+    for path in (b"/srv/a", b"/srv/b"):
+        list(stage.handle(0, next(POS), FileManifest(snapshot_id="s1", path=path, node=META, blobs=())))
+    list(stage.handle(0, next(POS), end))
+    [done] = list(stage.handle(0, next(POS), ack))
+    assert done.topic == "snapshots" and len(repo.list_snapshots()) == 1
+
+
 def test_an_abandoned_snapshot_expires_and_the_committer_is_idle_again(repo: Repository) -> None:
     import time
 

@@ -27,7 +27,7 @@ SAMPLES: list[Event] = [
     Delete(host="h1", snapshot_id="run-1", path=b"/srv/gone"),
     Rename(host="h1", snapshot_id="run-1", path=b"/srv/new", old_path=b"/srv/old"),
     SnapshotMarker(host="h1", snapshot_id="run-1", kind="end", paths=("/srv", "/etc"),
-                   partition_count=6, time=T, tags=("nightly", "db"), source_partition=4),
+                   partition_count=6, time=T, tags=("nightly", "db"), source_partition=4, entries=1 << 33),
     Chunk(blob_id=BLOB, snapshot_id="run-1", data=b"chunk", source_partition=2),
     FileManifest(snapshot_id="run-1", path=b"/srv/x", node=NODE, blobs=(BLOB, bytes(32))),
     BarrierAck(snapshot_id="run-1", packer_partition=5, durable=True, partition_count=6),
