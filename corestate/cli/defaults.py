@@ -105,10 +105,10 @@ def _absolute_path(value: str, base: str) -> str:
 
 
 def _toml_string(value: str) -> str:
-    """A TOML basic string.
+    r"""A TOML basic string.
 
     >>> print(_toml_string('a "b" \\ c'))
-    "a \\"b\\" \\\\ c"
+    "a \"b\" \\ c"
     """
     try:
         value.encode("utf-8")

@@ -55,6 +55,7 @@ from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import Any
 
+from corestate.connectors.kafka_outage import OutageFilter, OutageReport
 from corestate.connectors.kafka_topics import key_for, spec
 from corestate.errors import (CoreStateError, PermanentError, RepositoryLockedError,
                               RetryableError)
@@ -67,10 +68,11 @@ from corestate.pipeline.stage import Emit, RejectedEventError, Stage
 from corestate.repository.repository import Repository
 from corestate.schemas.codec import Codec
 from corestate.schemas.errors import UndecodableEventError
-from corestate.schemas.events import DeadLetter
+from corestate.schemas.events import DeadLetter, SnapshotCommitted
 from corestate.telemetry import metrics
 
 log = logging.getLogger(__name__)
+commits = logging.getLogger("corestate.commits")  # one line per snapshot, at any log level
 
 ROLES = ("chunk", "pack", "commit", "guard")
 INPUTS = {"chunk": ("captures",), "pack": ("chunks",), "commit": ("files", "stored"),
@@ -158,6 +160,8 @@ class Role:
             settled_alone = True  # the stage holds nothing of it
         for emit in emits:
             await self._send(emit)
+            if isinstance(emit.event, SnapshotCommitted):
+                commits.info("%s", commit_line(emit.event))
         metrics().stage_record(self.name, msg.topic, decoded, emits, time.perf_counter() - started)
         if generation != self.generation:
             return  # partitions moved meanwhile: the new owner replays this record
@@ -221,6 +225,22 @@ class Role:
         for _ in self.stage.flush():
             pass
         self.stage.close()
+
+
+def commit_line(event: SnapshotCommitted, now: datetime | None = None) -> str:
+    """The worker's line for a committed snapshot.
+
+    >>> from datetime import timedelta
+    >>> t = datetime(2026, 12, 7, 5, 0, tzinfo=timezone.utc)
+    >>> e = SnapshotCommitted(snapshot_id="h1-run", restic_id="ab" * 32, host="h1", paths=("/srv",),
+    ...                       time=t, tree="cd" * 32, files=357, bytes_added=5 << 20)
+    >>> commit_line(e, t + timedelta(seconds=2.5))
+    'snapshot abababab committed: host h1, 357 files, 5.0 MiB added, 2.5 s after its run began'
+    """
+    now = now if now is not None else datetime.now(timezone.utc)
+    took = (now - event.time).total_seconds()
+    return (f"snapshot {event.restic_id[:8]} committed: host {event.host}, {event.files} files, "
+            f"{event.bytes_added / (1 << 20):.1f} MiB added, {took:.1f} s after its run began")
 
 
 def faust_settings(client: Mapping[str, str]) -> dict[str, Any]:
@@ -372,6 +392,7 @@ def run_worker(client: Mapping[str, str], roles: Sequence[str], open_repo: Calla
 
     failures: list[BaseException] = []
     workers: list[Any] = []
+    commits.setLevel(logging.INFO)
 
     def fail(exc: BaseException) -> None:
         log.error("worker stopping: %s", exc)
@@ -393,10 +414,21 @@ def run_worker(client: Mapping[str, str], roles: Sequence[str], open_repo: Calla
             except Exception as exc:  # the partitions' next owner replays
                 log.warning("final commit failed: %s", exc)
 
+        outage = OutageReport(client["bootstrap.servers"], say=log.warning)
+
+        @app.timer(COMMIT_SECONDS)
+        async def outage_over() -> None:
+            outage.tick(time.monotonic())
+
         class Worker(faust.Worker):
             async def _stop_on_signal(self, signal: Any) -> None:
                 await drain()
                 await super()._stop_on_signal(signal)
+
+            def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+                super().on_setup_root_logger(logger, level)
+                for handler in logger.handlers:  # the client's outage lines: one warning
+                    handler.addFilter(OutageFilter(outage, time.monotonic))
 
         workers.append(Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False))
         workers[0].spinner = None  # a terminal spinner has no place in a service's log

@@ -121,8 +121,8 @@ class Location:
         """An object (or the location itself) named for messages: the location, then the
         key's path inside it.
 
-        >>> parse_location("gs:b1:/repo").where("repo/config")
-        'gs:b1:/repo/config'
+        >>> parse_location("gs:bkt:/repo").where("repo/config")
+        'gs:bkt:/repo/config'
         """
         if not key:
             return str(self)

@@ -5,7 +5,6 @@ What only one implementation does is in test_inotify.py and test_fanotify.py."""
 
 from __future__ import annotations
 
-import doctest
 import functools
 import logging
 import os
@@ -15,15 +14,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from corestate.errors import PermanentError
-from corestate.kernel import libc
-from corestate.kernel.watch import COALESCE_MAX, open_watcher, watcher
-from corestate.kernel.watch import fanotify as fanotify_module
-from corestate.kernel.watch import inotify as inotify_module
+from corestate.kernel.watch import COALESCE_MAX, open_watcher
 from corestate.kernel.watch.fanotify import FanotifyWatcher
 from corestate.kernel.watch.inotify import InotifyWatcher
 from tests.kernel.watching import KINDS, Make, b, drain, gather, make_watcher
@@ -376,13 +371,6 @@ def test_a_missing_root_is_not_watched(root: Path, tmp_path: Path, make: Make) -
         seen = gather(w, lambda s: bool(s.dirty))
         seen.dirty |= drain(w).dirty
         assert seen.dirty == {b(root / "b")}
-
-
-@pytest.mark.parametrize("module", [watcher, inotify_module, fanotify_module, libc],
-                         ids=lambda m: m.__name__)
-def test_module_doctests_pass(module: ModuleType) -> None:
-    result = doctest.testmod(module)
-    assert result.failed == 0 and result.attempted >= 1, module.__name__
 
 
 # -- choosing the implementation -------------------------------------------------------------
