@@ -13,9 +13,10 @@ arrived. The packer then makes its packs and index durable (:meth:`PackStage.flu
 and acknowledges with a :class:`~corestate.schemas.events.BarrierAck` on ``stored``.
 
 The exact part of the dedup index is, in order of preference, the packer's *share*
-(:mod:`.index_share`: distributed mode, kept in a changelogged table), a set of
-``known`` blob ids (embedded mode: the repository's index as the run began), or the
-repository's master index. Blobs claimed here count too.
+(:mod:`.index_share`: distributed mode, kept in a changelogged table) together with
+the repository's index as the packer got its partitions, a set of ``known`` blob ids
+(embedded mode: the repository's index as the run began), or the repository's master
+index. Blobs claimed here count too.
 
 Settling: a chunk is settled once a flush made it durable; an end marker of a barrier
 still incomplete holds its partition (markers live in memory only and must be replayed).
@@ -24,8 +25,9 @@ still incomplete holds its partition (markers live in memory only and must be re
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Container, Iterator
 
 from corestate.pipeline.dedup import DedupIndex
 from corestate.pipeline.index_share import IndexShare
@@ -38,6 +40,16 @@ from corestate.repository.repository import Repository
 from corestate.schemas.events import BarrierAck, Chunk, SnapshotMarker
 
 FLUSH_SECONDS = 30.0
+
+
+class AnyOf:
+    """``blob_id in AnyOf(a, b)``: in any of them."""
+
+    def __init__(self, *parts: Container[bytes]) -> None:
+        self.parts = parts
+
+    def __contains__(self, blob_id: object) -> bool:
+        return any(blob_id in p for p in self.parts)
 
 
 class PackStage:
@@ -76,9 +88,14 @@ class PackStage:
         """Built on first use, so that a share restored after :meth:`reset` is complete."""
         if self._dedup is None:
             if self.share is not None:
+                # the share, and what the repository held already (embedded backups,
+                # other packers' flushed packs), so that nothing is stored twice
                 self.share.live_packs = {bytes.fromhex(f.name)
                                          for f in self.repo.backend.list(Kind.DATA)}
-                self._dedup = DedupIndex(self.share, self.share.blob_ids())
+                self.repo.refresh_index()
+                index = self.repo.index
+                self._dedup = DedupIndex(AnyOf(self.share, index),
+                                         itertools.chain(self.share.blob_ids(), index.blob_ids()))
             elif self.known is not None:
                 self._dedup = DedupIndex(self.known, self.known)
             else:

@@ -18,6 +18,7 @@ from corestate.pipeline.chunk import ChunkStage, chunk_stream
 from corestate.pipeline.commit import CommitStage
 from corestate.pipeline.pack import PackStage
 from corestate.pipeline.stage import Emit, RejectedEventError
+from corestate.repository.backend import Kind
 from corestate.repository.pack import BlobType
 from corestate.repository.repository import Repository
 from corestate.schemas.codec import decode, encode
@@ -92,6 +93,28 @@ def test_packer_acknowledges_only_with_markers_from_every_captures_partition(rep
     assert repo.has_blob(blob, BlobType.DATA) and stage.blobs_stored == 1  # stored once
     with pytest.raises(RejectedEventError, match="does not match"):
         list(stage.handle(1, next(POS), Chunk(blob_id=blob, snapshot_id="s1", data=b"other", source_partition=0)))
+    stage.close()
+
+
+def test_a_packer_with_an_empty_share_stores_nothing_the_repository_holds(repo: Repository) -> None:
+    """A tree backed up embedded, then distributed: the packer's share starts empty (a
+    new consumer group), but the blobs already in the repository are not stored again."""
+    from corestate.pipeline.index_share import IndexShare
+    from corestate.pipeline.packer import Packer
+
+    data = os.urandom(10_000)
+    blob = hashlib.sha256(data).digest()
+    packer = Packer(repo)
+    packer.add_plain(blob, BlobType.DATA, data)
+    packer.flush()
+    packer.close()
+    repo.flush_index()
+    packs_before = len(list(repo.backend.list(Kind.DATA)))
+    stage = PackStage(repo, chunk_partitions=1, share=IndexShare({}, set()))
+    list(stage.handle(0, next(POS), Chunk(blob_id=blob, snapshot_id="s1", data=data, source_partition=0)))
+    [ack] = list(stage.handle(0, next(POS), marker("end", 1, source=0)))
+    assert ack.topic == "stored" and stage.blobs_stored == 0
+    assert len(list(repo.backend.list(Kind.DATA))) == packs_before
     stage.close()
 
 
