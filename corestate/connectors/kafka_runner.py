@@ -351,7 +351,8 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
                               partitions=chunk_partitions, help="packer index shares")
             share = IndexShare(table.data, set(),
                                lambda p, b, pack, t=table: t.send_changelog(p, b, pack))
-            stage = PackStage(repo(), chunk_partitions, share, flush_every=PACK_FLUSH_SECONDS)
+            stage = PackStage(repo(), chunk_partitions, share, flush_every=PACK_FLUSH_SECONDS,
+                              abandon_after=abandon_after)
         elif name == "commit":
             stage = CommitStage(repo(), abandon_after)
         else:

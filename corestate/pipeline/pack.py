@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import time
 from collections.abc import Collection, Container, Iterator
 
@@ -40,6 +41,8 @@ from corestate.repository.repository import Repository
 from corestate.schemas.events import BarrierAck, Chunk, SnapshotMarker
 
 FLUSH_SECONDS = 30.0
+
+log = logging.getLogger(__name__)
 
 
 class AnyOf:
@@ -57,13 +60,14 @@ class PackStage:
 
     ``barrier_sources``: how many forwarded end markers complete a barrier (None: the
     marker's ``partition_count``, every captures partition). ``flush_every``: a tick
-    flushes when something was stored and not flushed for this long. Counters:
+    flushes when something was stored and not flushed for this long. ``abandon_after``:
+    a tick gives up a barrier still incomplete after this long. Counters:
     ``blobs_stored``, ``bytes_added`` (plaintext), ``flushes``."""
 
     def __init__(self, repo: Repository, chunk_partitions: int,
                  share: IndexShare | None = None, known: Collection[bytes] | None = None,
                  barrier_sources: int | None = None, flush_every: float = FLUSH_SECONDS,
-                 compress: bool = True) -> None:
+                 compress: bool = True, abandon_after: float = 3600.0) -> None:
         self.repo = repo
         self.chunk_partitions = chunk_partitions
         self.packer = Packer(repo, compress=compress)
@@ -71,11 +75,13 @@ class PackStage:
         self.known = known
         self.barrier_sources = barrier_sources
         self.flush_every = flush_every
+        self.abandon_after = abandon_after
         if share is None and known is None:
             repo.refresh_index()
         self._dedup: DedupIndex | None = None
         self._unrecorded: list[tuple[int, bytes]] = []
         self._markers: dict[tuple[str, int], set[int]] = {}
+        self._begun: dict[tuple[str, int], float] = {}  # barrier -> its first marker's time
         self._holds = Holds()
         self._durable: dict[int, int] = {}  # partition -> last position a flush covered
         self._dirty_since: float | None = None
@@ -122,8 +128,19 @@ class PackStage:
         return iter(())
 
     def tick(self, now: float) -> Iterator[Emit]:
+        """Flush what waited ``flush_every``; give up barriers that waited
+        ``abandon_after`` for their other end markers (the agent died between its
+        markers), releasing their partitions."""
         if self._dirty_since is not None and now - self._dirty_since >= self.flush_every:
             yield from self.flush()
+        for barrier in [b for b, t in self._begun.items() if now - t > self.abandon_after]:
+            snapshot_id, partition = barrier
+            log.warning("snapshot %s abandoned on chunks partition %d: end markers from %d "
+                        "captures partition(s) only, none for %.0fs", snapshot_id, partition,
+                        len(self._markers.get(barrier, ())), self.abandon_after)
+            self._markers.pop(barrier, None)
+            del self._begun[barrier]
+            self._holds.release(barrier, partition)
 
     def reset(self) -> None:
         """Partitions moved: make what was claimed durable, forget barriers in progress,
@@ -132,6 +149,7 @@ class PackStage:
         for _ in self.flush():
             pass
         self._markers.clear()
+        self._begun.clear()
         self._holds.clear()
         self._durable.clear()
         if self.share is None and self.known is None:
@@ -160,11 +178,13 @@ class PackStage:
                 and event.source_partition is not None:
             barrier = (event.snapshot_id, partition)
             seen = self._markers.setdefault(barrier, set())
+            self._begun.setdefault(barrier, time.monotonic())
             seen.add(event.source_partition)
             self._holds.hold(partition, barrier, position)
             needed = self.barrier_sources or event.partition_count
             if len(seen) >= needed:
                 del self._markers[barrier]
+                self._begun.pop(barrier, None)
                 self._holds.release(barrier, partition)
                 yield from self.flush()
                 yield Emit("stored", BarrierAck(snapshot_id=event.snapshot_id,

@@ -118,6 +118,21 @@ def test_a_packer_with_an_empty_share_stores_nothing_the_repository_holds(repo: 
     stage.close()
 
 
+def test_a_packer_gives_up_a_barrier_whose_agent_died_between_its_markers(repo: Repository) -> None:
+    import time
+
+    stage = PackStage(repo, chunk_partitions=1, abandon_after=60)
+    pos = next(POS)
+    list(stage.handle(0, pos, marker("end", 2, source=0)))  # the marker of captures partition 1 never comes
+    list(stage.flush())
+    assert stage.settled(0) == pos - 1  # held: the marker lives in memory only
+    list(stage.tick(time.monotonic() + 30))
+    assert stage.settled(0) == pos - 1
+    list(stage.tick(time.monotonic() + 61))
+    assert stage.settled(0) == pos  # given up: the offsets move on
+    stage.close()
+
+
 def test_the_three_stages_chained_commit_a_snapshot_only_after_every_ack(tmp_path: Path,
                                                                          repo: Repository) -> None:
     src = tmp_path / "srv"
