@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 
-from corestate.repository.backend import Backend, FileInfo, Kind
+from corestate.repository.backend import Backend, Kind, WrappedBackend
 
 MiB = 1 << 20
 WINDOW = 4 * MiB
@@ -41,14 +40,14 @@ class _Fetch:
         self.error: BaseException | None = None
 
 
-class ReadAheadBackend:
+class ReadAheadBackend(WrappedBackend):
     """A :class:`~corestate.repository.backend.Backend` that reads ``inner``'s packs in
     windows of ``window`` bytes and keeps the last ``windows`` of them (see the module doc)."""
 
     def __init__(self, inner: Backend, window: int = WINDOW, windows: int = WINDOWS) -> None:
         if window < 1 or windows < 1:
             raise ValueError("window and windows must be at least 1")
-        self.inner = inner
+        super().__init__(inner)
         self.window = window
         self.windows = windows
         self._lock = threading.Lock()
@@ -59,21 +58,6 @@ class ReadAheadBackend:
     def __reduce__(self) -> tuple[object, tuple[Backend, int, int]]:
         # a copy for a worker process: the same windows, a cache of its own
         return (ReadAheadBackend, (self.inner, self.window, self.windows))
-
-    def location(self) -> str:
-        return self.inner.location()
-
-    def exists(self) -> bool:
-        return self.inner.exists()
-
-    def create(self) -> None:
-        self.inner.create()
-
-    def list(self, kind: Kind) -> Iterator[FileInfo]:
-        return self.inner.list(kind)
-
-    def stat(self, kind: Kind, name: str) -> FileInfo:
-        return self.inner.stat(kind, name)
 
     def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if kind is not Kind.DATA or length is None or length <= 0 or offset < 0:
@@ -115,9 +99,6 @@ class ReadAheadBackend:
                         self._cache.popitem(last=False)
             fetch.done.set()
         return fetch.data
-
-    def write(self, kind: Kind, name: str, data: bytes) -> None:
-        self.inner.write(kind, name, data)
 
     def delete(self, kind: Kind, name: str) -> None:
         with self._lock:

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -59,7 +59,7 @@ from corestate.maintenance import ProgressFn, no_progress
 from corestate.maintenance.usage import snapshot_usage, tree_blob_ids
 from corestate.models import tiering as model
 from corestate.repository import ordinals
-from corestate.repository.backend import Backend, FileInfo, Kind
+from corestate.repository.backend import Backend, Kind, WrappedBackend
 from corestate.repository.pack import BlobType
 from corestate.repository.repository import Repository
 from corestate.repository.snapshot import Snapshot
@@ -74,12 +74,12 @@ def _unwrapped(inner: Backend) -> Backend:
     return inner
 
 
-class RecordingBackend:
+class RecordingBackend(WrappedBackend):
     """A :class:`~corestate.repository.backend.Backend` that passes everything to
     ``inner`` and notes, per pack, how many bytes were read from it (thread-safe)."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._reads: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -100,36 +100,12 @@ class RecordingBackend:
         # reports back, and :meth:`note` records it here.
         return (_unwrapped, (self.inner,))
 
-    def location(self) -> str:
-        return self.inner.location()
-
-    def exists(self) -> bool:
-        return self.inner.exists()
-
-    def create(self) -> None:
-        self.inner.create()
-
-    def list(self, kind: Kind) -> Iterator[FileInfo]:
-        return self.inner.list(kind)
-
-    def stat(self, kind: Kind, name: str) -> FileInfo:
-        return self.inner.stat(kind, name)
-
     def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         data = self.inner.read(kind, name, offset, length)
         if kind is Kind.DATA:
             with self._lock:
                 self._reads[name] = self._reads.get(name, 0) + len(data)
         return data
-
-    def write(self, kind: Kind, name: str, data: bytes) -> None:
-        self.inner.write(kind, name, data)
-
-    def delete(self, kind: Kind, name: str) -> None:
-        self.inner.delete(kind, name)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @dataclass(frozen=True)

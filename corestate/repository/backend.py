@@ -101,3 +101,38 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release connections and handles."""
         ...
+
+
+class WrappedBackend:
+    """A backend that passes every operation to ``inner``: the base of wrappers that
+    change only some operations (read-ahead, recording reads, tests' faulty stores)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    def location(self) -> str:
+        return self.inner.location()
+
+    def exists(self) -> bool:
+        return self.inner.exists()
+
+    def create(self) -> None:
+        self.inner.create()
+
+    def list(self, kind: Kind) -> Iterator[FileInfo]:
+        return self.inner.list(kind)
+
+    def stat(self, kind: Kind, name: str) -> FileInfo:
+        return self.inner.stat(kind, name)
+
+    def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self.inner.read(kind, name, offset, length)
+
+    def write(self, kind: Kind, name: str, data: bytes) -> None:
+        self.inner.write(kind, name, data)
+
+    def delete(self, kind: Kind, name: str) -> None:
+        self.inner.delete(kind, name)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -6,7 +6,6 @@ pack failed."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from corestate.connectors.local import LocalBackend
 from corestate.connectors.writebehind import WriteBehindBackend
 from corestate.errors import PermanentError
 from corestate.pipeline.packer import Packer
-from corestate.repository.backend import Backend, FileInfo, Kind
+from corestate.repository.backend import Backend, Kind, WrappedBackend
 from corestate.repository.pack import BlobType
 from corestate.repository.repository import Repository
 from tests.connectors.contract import BackendContract, content_name
@@ -26,33 +25,15 @@ class TestWriteBehindOverLocal(BackendContract):
         return WriteBehindBackend(LocalBackend(root))
 
 
-class GatedBackend:
+class GatedBackend(WrappedBackend):
     """A real backend whose pack writes wait until :attr:`gate` opens (a slow store), or
     fail with :attr:`fail_packs` (a store that refuses them)."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gate = threading.Event()
         self.fail_packs: Exception | None = None
         self.waiting = 0
-
-    def location(self) -> str:
-        return self.inner.location()
-
-    def exists(self) -> bool:
-        return self.inner.exists()
-
-    def create(self) -> None:
-        self.inner.create()
-
-    def list(self, kind: Kind) -> Iterator[FileInfo]:
-        return self.inner.list(kind)
-
-    def stat(self, kind: Kind, name: str) -> FileInfo:
-        return self.inner.stat(kind, name)
-
-    def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        return self.inner.read(kind, name, offset, length)
 
     def write(self, kind: Kind, name: str, data: bytes) -> None:
         if kind is Kind.DATA:
@@ -61,12 +42,6 @@ class GatedBackend:
             self.waiting += 1
             self.gate.wait(60)
         self.inner.write(kind, name, data)
-
-    def delete(self, kind: Kind, name: str) -> None:
-        self.inner.delete(kind, name)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @pytest.fixture
