@@ -12,7 +12,6 @@ list of resources ``kubectl kustomize`` prints for it.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import importlib.util
 import json
