@@ -34,7 +34,9 @@ Terms:
 
 :func:`scan` and :func:`scan_changes` produce the stream through a callback;
 :func:`publish_run` brackets it with markers and sends it to a :class:`CaptureSink`,
-returning only when every record is acknowledged; :func:`watch` publishes a full run,
+returning only when every record is acknowledged; :func:`publish_changed` is one run of
+an agent that does not watch (``--once``): the changes since its last run come from
+comparing two walks (:mod:`corestate.agents.last_run`); :func:`watch` publishes a full run,
 then a run after every batch of changes: incremental on the previous run once the
 :class:`CommitSource` shows it committed (it waits up to ``parent_wait`` seconds for
 that), else full. With an :class:`~corestate.agents.sentinel.AgentSentinel` it also
@@ -57,7 +59,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
-from corestate.agents.watch_loop import Cadence, Changes, WatchLoop
+from corestate.agents import last_run
+from corestate.agents.watch_loop import MAX_NAMED, Cadence, Changes, WatchLoop
 from corestate.errors import PermanentError, RetryableError
 from corestate.pipeline.assemble import meta_from_node
 from corestate.pipeline.capture import (EntryChanged, ExcludeMatcher, Sources, list_names,
@@ -443,6 +446,47 @@ def publish_once(sink: CaptureSink, paths: list[str], host: str | None = None,
                  timeout: float = 300.0) -> ScanSummary:
     """Scan ``paths`` once and publish the run (see :func:`publish_run`)."""
     return publish_run(sink, paths, host or socket.gethostname(), excludes, tags, timeout)
+
+
+def publish_changed(sink: CaptureSink, feed: CommitSource, paths: list[str], host: str,
+                    state_dir: str, excludes: list[str] | None = None,
+                    tags: list[str] | None = None, timeout: float = 300.0,
+                    full: bool = False) -> ScanSummary:
+    """One run of an agent that is not watching (``--once``): only what changed since
+    its last run (:mod:`corestate.agents.last_run`, kept in ``state_dir``), onto the
+    snapshot the workers committed for that run; a full run when there is no last run,
+    when it was not committed (it is sent again), when too much changed, or when
+    ``full``."""
+    matcher = ExcludeMatcher(excludes or [])
+    key = last_run.run_key(paths, excludes or [])
+    last = None if full else last_run.load(state_dir, key)
+    now = last_run.walk(paths, matcher.excluded)
+    increment = None
+    if last is not None:
+        parent = _committed_as(feed, last.snapshot_id)
+        if parent is None:
+            log.warning("the last run (%s) has no committed snapshot: sending everything",
+                        last.snapshot_id)
+        else:
+            named = last_run.changes_since(last.entries, now)
+            if len(named) <= MAX_NAMED:
+                increment = plan(Changes(named=named), paths, parent, matcher.excluded)
+    summary = publish_run(sink, paths, host, excludes, tags, timeout, increment)
+    last_run.save(state_dir, last_run.LastRun(key, summary.snapshot_id, now))
+    return summary
+
+
+def _committed_as(feed: CommitSource, snapshot_id: str, timeout: float = 2.0) -> str | None:
+    """The restic id of the snapshot committed for run ``snapshot_id``, read off the
+    whole commit history; None if there is none."""
+    found = None
+    while True:
+        events = feed.poll(timeout)
+        for event in events:
+            if event.snapshot_id == snapshot_id:
+                found = event.restic_id
+        if not events:
+            return found
 
 
 class _RunTaker:

@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 @click.option("--bootstrap", metavar="HOST:PORT[,...]",
               help="Kafka bootstrap servers (else CORESTATE_KAFKA_BOOTSTRAP_SERVERS).")
 @click.option("--host-id", help="Host name recorded in the snapshot (default: this host).")
-@click.option("--once", is_flag=True, help="Scan once, publish, and exit when every record "
-                                           "is acknowledged (else: keep watching).")
+@click.option("--once", is_flag=True, help="Publish one run and exit when every record is "
+                                           "acknowledged (else: keep watching). It sends only "
+                                           "what changed since the last --once run of the same "
+                                           "paths, once that run is committed.")
+@click.option("--full", is_flag=True, help="With --once: send everything, not only what changed.")
 @click.option("-e", "--exclude", "excludes", multiple=True, metavar="PATTERN",
               help="Skip paths matching PATTERN (as for backup). Repeatable.")
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
@@ -58,21 +61,26 @@ if TYPE_CHECKING:
 @monitoring.service_options
 @pass_ctx
 def agent(ctx: Context, paths: tuple[str, ...], bootstrap: str | None, host_id: str | None,
-          once: bool, excludes: tuple[str, ...], tags: tuple[str, ...], prefix: str,
+          once: bool, full: bool, excludes: tuple[str, ...], tags: tuple[str, ...], prefix: str,
           kafka_config: str | None, schema_registry: str | None, detect: bool | None,
           alerts_file: str | None, parent_wait: float) -> None:
     """Publish PATHS as snapshots' capture events to <prefix>.captures.
 
-    With --once: one run (one snapshot), then exit when every record is acknowledged.
+    With --once: one run (one snapshot), then exit when every record is acknowledged;
+    it sends only what changed since the last --once run of the same paths and excludes
+    (remembered in the state directory) if the workers committed that run, else
+    everything (--full: always everything).
     Without: a full run now, then a run after every change under PATHS (fanotify or
     inotify) that sends only what changed, until SIGTERM or Ctrl-C; changes are also
     scored for ransomware-like behaviour (see --detect). Workers (`corestate worker`)
     chunk, store and commit each run.
     """
-    from corestate.agents.agent import ScanSummary, publish_once, watch
+    from corestate.agents.agent import ScanSummary, publish_changed, watch
     from corestate.connectors.kafka_agent import CapturePublisher, CommitFeed
     from corestate.schemas.codec import Codec
 
+    if full and not once:
+        raise PermanentError("--full goes with --once (a watching agent's first run is full)")
     if once and (alerts_file or detect):
         raise PermanentError("--alerts and --detect need a watching agent (without --once)")
     mon = monitoring.start("agent")
@@ -114,12 +122,24 @@ def agent(ctx: Context, paths: tuple[str, ...], bootstrap: str | None, host_id: 
                   excludes=list(excludes), tags=list(tags), on_run=report, sentinel=sentinel,
                   parent_wait=parent_wait)
         return
-    with mon.failures("agent_failed"):
-        summary = publish_once(CapturePublisher(client, prefix, codec), list(paths),
-                               host=host, excludes=list(excludes), tags=list(tags))
+    feed = CommitFeed(client, prefix, codec)
+    try:
+        with mon.failures("agent_failed"):
+            summary = publish_changed(CapturePublisher(client, prefix, codec), feed, list(paths),
+                                      host, state_dir(prefix, host), excludes=list(excludes),
+                                      tags=list(tags), full=full)
+    finally:
+        feed.close()
     report(summary)
     if summary.errors:
         raise IncompleteBackupError(f"{len(summary.errors)} file(s) could not be read (listed above)")
+
+
+def state_dir(prefix: str, host: str) -> str:
+    """The agent's own state: its detector's checkpoint, its last --once run."""
+    base = os.environ.get("CORESTATE_STATE_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "corestate")
+    return os.path.join(base, "agent", f"{prefix}-{host}")
 
 
 def _sentinel(ctx: Context, paths: list[str], host: str, prefix: str, excludes: list[str],
@@ -135,9 +155,7 @@ def _sentinel(ctx: Context, paths: list[str], host: str, prefix: str, excludes: 
             raise
         ctx.info("no ransomware detection: pip install 'corestate[models]'")
         return None
-    base = os.environ.get("CORESTATE_STATE_DIR") or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "corestate")
-    state = os.path.join(base, "agent", f"{prefix}-{host}", "detector.pkl")
+    state = os.path.join(state_dir(prefix, host), "detector.pkl")
     sentinel = AgentSentinel(paths, SentinelOptions(
         alerts_file=os.path.abspath(alerts_file) if alerts_file else None, state_path=state,
         host=host), excludes=excludes, on_alert=lambda a: _report_alert(ctx, a, prefix, mon))

@@ -176,3 +176,80 @@ def test_a_restarted_agent_starts_with_a_full_run(tmp_path: Path, cluster: Clust
     target = tmp_path / "out"
     run_restic("-r", str(repo), "restore", done.restic_id, "--target", str(target))
     assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+
+
+def test_an_agent_run_once_sends_only_what_changed_since_its_last_committed_run(
+        tmp_path: Path, cluster: Cluster) -> None:
+    src = tmp_path / "src"
+    (src / "dir").mkdir(parents=True)
+    big = src / "big.bin"
+    big.write_bytes(os.urandom(6 << 20))
+    (src / "dir" / "f.txt").write_text("version 1\n")
+    (src / "gone.txt").write_text("will be deleted\n")
+    repo = tmp_path / "repo"
+    run_corestate("init", "--repo", str(repo))
+    worker = cluster.worker(repo, log=tmp_path / "worker.log")
+
+    def once(*extra: str) -> dict[str, Any]:
+        proc = subprocess.run(cluster.cli("agent", str(src), "--bootstrap", cluster.broker.bootstrap,
+                                          "--host-id", "h1", "--once", "--prefix", cluster.prefix,
+                                          "--json", *extra),
+                              capture_output=True, text=True, timeout=300, env=cluster.env())
+        assert proc.returncode == 0, proc.stderr
+        [run] = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        return run
+
+    try:
+        first = once()
+        assert first["parent"] is None
+        c1 = commits(cluster, {first["snapshot_id"]})[first["snapshot_id"]]
+        unchanged = once()  # the same tree: markers and the source directory only
+        assert unchanged["parent"] == c1.restic_id and unchanged["files"] == 0, unchanged
+        c2 = commits(cluster, {unchanged["snapshot_id"]})[unchanged["snapshot_id"]]
+        (src / "dir" / "f.txt").write_text("version 2, longer\n")
+        (src / "gone.txt").unlink()
+        (src / "dir" / "new.txt").write_text("new\n")
+        changed = once()
+        assert changed["parent"] == c2.restic_id and changed["files"] == 2, changed
+        c3 = commits(cluster, {changed["snapshot_id"]})[changed["snapshot_id"]]
+        forced = once("--full")
+        assert forced["parent"] is None and forced["files"] == 3, forced
+    finally:
+        stop(worker)
+    assert worker.returncode == 0
+    target = tmp_path / "out"
+    run_restic("-r", str(repo), "restore", c3.restic_id, "--target", str(target))
+    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+    run_restic("-r", str(repo), "check", "--read-data")
+    # the big file travelled in the first run and the forced full one only
+    events = captures(cluster)
+    sent = {e.snapshot_id for e in events if isinstance(e, DataSegment) and e.path == os.fsencode(str(big))}
+    assert sent == {first["snapshot_id"], forced["snapshot_id"]}
+
+
+def test_an_agent_run_once_after_a_run_never_committed_sends_everything(
+        tmp_path: Path, cluster: Cluster) -> None:
+    """No worker committed the last run (none was running, or it rejected the run): the
+    next run cannot build on it, so it is full, and the snapshot is complete."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    repo = tmp_path / "repo"
+    run_corestate("init", "--repo", str(repo))
+    cluster.agent(str(src), host_id="h1")  # published, not committed: no worker yet
+    (src / "b.txt").write_text("b\n")
+    proc = subprocess.run(cluster.cli("agent", str(src), "--bootstrap", cluster.broker.bootstrap,
+                                      "--host-id", "h1", "--once", "--prefix", cluster.prefix, "--json"),
+                          capture_output=True, text=True, timeout=300, env=cluster.env())
+    assert proc.returncode == 0, proc.stderr
+    [run] = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert run["parent"] is None and run["files"] == 2, run
+    assert "has no committed snapshot: sending everything" in proc.stderr
+    worker = cluster.worker(repo, log=tmp_path / "worker.log")
+    try:
+        done = commits(cluster, {run["snapshot_id"]})
+    finally:
+        stop(worker)
+    target = tmp_path / "out"
+    run_restic("-r", str(repo), "restore", done[run["snapshot_id"]].restic_id, "--target", str(target))
+    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
