@@ -19,6 +19,7 @@ from corestate.pipeline.chunk import ChunkStage
 from corestate.pipeline.commit import CommitStage
 from corestate.pipeline.pack import PackStage
 from corestate.pipeline.stage import Emit
+from corestate.repository import ordinals
 from corestate.repository.repository import Repository
 from corestate.repository.walk import walk
 from corestate.schemas.codec import decode, encode
@@ -97,3 +98,9 @@ def test_embedded_and_distributed_modes_make_the_same_snapshot(tmp_path: Path) -
     assert set(embedded_repo.index.blob_ids()) - set(distributed_repo.index.blob_ids()) \
         <= {b for b in embedded_repo.index.blob_ids()
             if embedded_repo.index.lookup(b).blob.type.value == "tree"}  # type: ignore[union-attr]
+    # the sidecars too: both modes write the snapshot's blob bitmap over the ordinal table
+    content = {b for n in one.values() if n[-1] for b in n[-1]}  # type: ignore[attr-defined]
+    for repo, snap in ((embedded_repo, summary.snapshot_id), (distributed_repo, committed.restic_id)):
+        bitmap = ordinals.load_bitmap(repo, snap, ordinals.load_table(repo))
+        assert bitmap is not None, "no blob bitmap written"
+        assert content <= set(ordinals.load_table(repo).resolve(bitmap))
