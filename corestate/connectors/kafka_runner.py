@@ -107,7 +107,8 @@ class Role:
         self._send = send
         self._fail = fail
         self.lock = asyncio.Lock()
-        self._pending: dict[int, list[Any]] = {}  # lane -> faust events not acked
+        self._pending: dict[int, list[Any]] = {}  # lane -> faust events not acked, in order
+        self._alone: set[int] = set()  # ids of pending events settled alone (dead letters)
         self.generation = 0                    # bumped when partitions move
         self.dead_letters = 0
 
@@ -166,10 +167,7 @@ class Role:
         if generation != self.generation:
             return  # partitions moved meanwhile: the new owner replays this record
         if settled_alone:
-            # faust commits only up to the first record not acknowledged, so this
-            # never moves the offset past an earlier record still held
-            event.ack()
-            return
+            self._alone.add(id(event))
         self._pending.setdefault(lane, []).append(event)
         self._ack(lane)
 
@@ -182,16 +180,24 @@ class Role:
                                       key=msg.key, value=msg.value))
 
     def _ack(self, lane: int) -> None:
-        """Acknowledge the records of ``lane`` that the stage says are settled."""
+        """Acknowledge, in order, the records of ``lane`` that the stage says are
+        settled, and the dead-lettered ones among them; stop at the first record still
+        held. Never out of order: faust-streaming (0.15)'s commit takes the first run of
+        consecutive acknowledged offsets, and lets it start one past its last commit,
+        so an acknowledgement after a held record could commit past it."""
         upto = self.stage.settled(lane)
         pending = self._pending.get(lane)
-        if upto is None or not pending:
+        if not pending:
             return
-        keep = [e for e in pending if e.message.offset > upto]
+        done = 0
         for e in pending:
-            if e.message.offset <= upto:
-                e.ack()
-        self._pending[lane] = keep
+            if id(e) in self._alone:
+                self._alone.discard(id(e))
+            elif upto is None or e.message.offset > upto:
+                break
+            e.ack()
+            done += 1
+        del pending[:done]
 
     def _ack_all(self) -> None:
         for lane in list(self._pending):
@@ -218,6 +224,7 @@ class Role:
         async with self.lock:
             await self.make_durable()
             self._pending.clear()
+            self._alone.clear()
             self.stage.reset()
             self.generation += 1
 

@@ -130,3 +130,34 @@ def test_the_committer_never_compares_offsets_of_its_two_topics(tmp_path: Path) 
 
     asyncio.run(run())
     assert (manifest.acked, ack.acked) == ([], [])  # the snapshot is not committed yet
+
+
+def test_a_dead_letter_is_acknowledged_only_after_the_records_before_it(tmp_path: Path) -> None:
+    """faust commits the first run of consecutive acknowledged offsets (and lets it start
+    one past its last commit): a dead letter acknowledged at once, behind a file still
+    open, would let the offset pass the file's begin. It waits for the records before it."""
+    from corestate.pipeline.chunk import ChunkStage
+    from corestate.schemas.events import FileBegin, FileEnd
+
+    async def send(emit: Emit) -> None:
+        pass
+
+    def fail(exc: BaseException) -> None:
+        raise AssertionError(f"the role failed: {exc}")
+
+    role = Role("chunk", ChunkStage(1), send, fail)
+    meta = NodeMeta(type="dir", mode=0o755, mtime=1, atime=1, ctime=1, uid=0, gid=0)
+    ev = dict(host="h", snapshot_id="s", path=b"/srv/d")
+    events = [FakeEvent(Message(encode(FileBegin(node=meta, **ev)), 0, 0, topic="t.captures")),
+              FakeEvent(Message(b"not an event", 0, 1, topic="t.captures")),
+              FakeEvent(Message(encode(FileEnd(size=0, segments=0, consistent=True, **ev)), 0, 2,
+                                topic="t.captures"))]
+
+    async def run() -> None:
+        await role.handle(events[0])
+        await role.handle(events[1])  # dead-lettered while the entry is open
+        assert [e.acked for e in events[:2]] == [[], []]
+        await role.handle(events[2])
+
+    asyncio.run(run())
+    assert [e.acked for e in events] == [[0], [1], [2]] and role.dead_letters == 1
