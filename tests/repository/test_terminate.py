@@ -26,7 +26,10 @@ def test_a_signalled_backup_releases_its_lock(tmp_path, repo_path, corestate, re
         (src / f"f{i}").write_bytes(os.urandom(16 * 1024 * 1024))
     proc = subprocess.Popen([sys.executable, "-m", "corestate", "backup", str(src), "--repo",
                              str(repo_path)], env={**os.environ, "CORESTATE_PASSWORD": PASSWORD},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # as from a terminal, even when the suite runs as a background
+                            # job (whose shell leaves SIGINT ignored, and Python with it)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not _locks(repo_path):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
