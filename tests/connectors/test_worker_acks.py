@@ -161,3 +161,44 @@ def test_a_dead_letter_is_acknowledged_only_after_the_records_before_it(tmp_path
 
     asyncio.run(run())
     assert [e.acked for e in events] == [[0], [1], [2]] and role.dead_letters == 1
+
+
+def test_after_a_rebalance_a_record_beyond_the_replay_start_makes_the_role_seek_back(
+        tmp_path: Path) -> None:
+    """faust-streaming can deliver, after a rebalance, a record past the committed offset
+    and drop the ones before it. The role handles nothing out of sequence: it seeks back
+    to the first record it did not commit and waits for it."""
+    from corestate.pipeline.chunk import ChunkStage
+    from corestate.schemas.events import FileBegin, FileEnd, FileManifest as Manifest
+
+    sent: list[Event] = []
+    seeks: list[tuple[str, int, int]] = []
+
+    async def send(emit: Emit) -> None:
+        sent.append(emit.event)
+
+    async def seek(topic: str, partition: int, offset: int) -> None:
+        seeks.append((topic, partition, offset))
+
+    def fail(exc: BaseException) -> None:
+        raise AssertionError(f"the role failed: {exc}")
+
+    role = Role("chunk", ChunkStage(1), send, fail, seek=seek)
+    meta = NodeMeta(type="dir", mode=0o755, mtime=1, atime=1, ctime=1, uid=0, gid=0)
+    ev = dict(host="h", snapshot_id="s", path=b"/srv/d")
+
+    def event(offset: int, record: Event) -> FakeEvent:
+        return FakeEvent(Message(encode(record), 0, offset, topic="t.captures"))
+
+    async def run() -> None:
+        await role.handle(event(0, FileBegin(node=meta, **ev)))  # the entry is open...
+        await role.partitions_revoked()                           # ...when partitions move
+        await role.handle(event(1, FileEnd(size=0, segments=0, consistent=True, **ev)))
+        assert seeks == [("t.captures", 0, 0)] and sent == []     # not handled: reading again
+        await role.handle(event(2, FileEnd(size=0, segments=0, consistent=True, **ev)))
+        assert len(seeks) == 1                                     # one seek, not one per record
+        await role.handle(event(0, FileBegin(node=meta, **ev)))   # the replay
+        await role.handle(event(1, FileEnd(size=0, segments=0, consistent=True, **ev)))
+
+    asyncio.run(run())
+    assert [type(e) for e in sent] == [Manifest] and role.dead_letters == 0
