@@ -38,11 +38,12 @@ from corestate.schemas.events import SnapshotCommitted
 from tests.conftest import restored_root, run_corestate, run_restic, tree_manifest
 from tests.distributed.conftest import Cluster, stop
 
-pytestmark = [pytest.mark.kafka, pytest.mark.restic, pytest.mark.slow]
-
 SLOW = os.environ.get("CORESTATE_SLOW") == "1"
 RUNS = int(os.environ.get("CORESTATE_SOAK_RUNS", "50" if SLOW else "3"))
 COMMIT_TIMEOUT = 240.0
+
+pytestmark = [pytest.mark.kafka, pytest.mark.restic, pytest.mark.slow,
+              pytest.mark.timeout(max(600, RUNS * 300))]
 
 
 @dataclass
