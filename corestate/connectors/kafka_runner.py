@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -151,22 +152,28 @@ class Role:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
-    async def _in_sequence(self, msg: Any, lane: int) -> bool:
-        """Whether ``msg`` is the next record of its lane. faust-streaming (0.15) can skip
-        records after a rebalance: a record of the batch fetched before it is delivered
-        after the seek to the committed offset, and sets the read position past the
-        records before it, which faust then drops as already read. A record beyond the
-        next one expected is therefore not handled: the role seeks back to the expected
-        offset (once; again after 1,000 records dropped) and waits for it."""
+    async def _in_sequence(self, event: Any, lane: int) -> bool:
+        """Whether ``event`` is the next record of its lane, the only one the stage may
+        get. A record already handled (a replay after a rebalance whose last commit
+        failed) is acknowledged and skipped: it is settled. A record past the next one
+        expected means records were skipped on the way (see :func:`_never_read`): the
+        role seeks back to the expected offset (once; again after 1,000 records
+        dropped) and skips records until it comes."""
+        msg = event.message
         expected = self._next.get(lane)
-        if expected is None or msg.offset <= expected or self._seek is None:
+        if expected is None or msg.offset == expected:
             self._seeking.pop(lane, None)
             return True
+        if msg.offset < expected:
+            if not self._pending.get(lane):
+                event.ack()
+            return False
         dropped = self._seeking.get(lane)
         if dropped is None or dropped >= 1000:
-            log.warning("%s: %s[%d] skipped from %d to %d; reading again from %d", self.name,
+            log.warning("%s: %s[%d] went from %d to %d; reading again from %d", self.name,
                         msg.topic, msg.partition, expected, msg.offset, expected)
-            await self._seek(msg.topic, msg.partition, expected)
+            if self._seek is not None:
+                await self._seek(msg.topic, msg.partition, expected)
             dropped = 0
         self._seeking[lane] = dropped + 1
         return False
@@ -174,7 +181,7 @@ class Role:
     async def _handle_once(self, event: Any) -> None:
         msg = event.message
         lane = self.lane(msg.topic, msg.partition)
-        if not await self._in_sequence(msg, lane):
+        if not await self._in_sequence(event, lane):
             return
         self._next[lane] = msg.offset + 1
         generation = self.generation
@@ -263,6 +270,26 @@ class Role:
         for _ in self.stage.flush():
             pass
         self.stage.close()
+
+
+class _NoReadOffsets(dict):  # type: ignore[type-arg]
+    """A consumer's read offsets that are never known (see :func:`_never_read`)."""
+
+    def __getitem__(self, key: Any) -> None:
+        return None
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+
+def _never_read(consumer: Any) -> None:
+    """Turn off faust-streaming's "already read" rule (0.15: its consumer drops every
+    record below the last offset it delivered). After a rebalance, the record it was
+    delivering when the partitions came back sets that offset *after* the seek to the
+    committed offset, so the records between them were dropped: a chunker lost a
+    directory's FileBegin this way, and a snapshot its entry. The roles keep order
+    themselves (:meth:`Role._in_sequence`). Must run before the consumer starts."""
+    consumer._read_offset = _NoReadOffsets()
 
 
 def commit_line(event: SnapshotCommitted, now: datetime | None = None) -> str:
@@ -361,6 +388,8 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
         stream_buffer_maxsize=64, stream_wait_empty=False, stream_recovery_delay=0.5,
         stream_ack_exceptions=False, stream_ack_cancelled_tasks=False)
 
+    _never_read(app.consumer)
+
     def topic(suffix: str) -> Any:
         return app.topic(spec(suffix).name(prefix), key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw", internal=False)
@@ -437,6 +466,11 @@ def run_worker(client: Mapping[str, str], roles: Sequence[str], open_repo: Calla
     failures: list[BaseException] = []
     workers: list[Any] = []
     commits.setLevel(logging.INFO)
+    if not commits.handlers:  # its own line on stderr, whatever level faust logs at
+        line = logging.StreamHandler(sys.stderr)
+        line.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] %(message)s"))
+        commits.addHandler(line)
+        commits.propagate = False
 
     def fail(exc: BaseException) -> None:
         log.error("worker stopping: %s", exc)

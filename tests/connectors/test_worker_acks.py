@@ -199,6 +199,9 @@ def test_after_a_rebalance_a_record_beyond_the_replay_start_makes_the_role_seek_
         assert len(seeks) == 1                                     # one seek, not one per record
         await role.handle(event(0, FileBegin(node=meta, **ev)))   # the replay
         await role.handle(event(1, FileEnd(size=0, segments=0, consistent=True, **ev)))
+        late = event(1, FileEnd(size=0, segments=0, consistent=True, **ev))
+        await role.handle(late)  # a record handled already: skipped, and settled
+        assert late.acked == [1]
 
     asyncio.run(run())
     assert [type(e) for e in sent] == [Manifest] and role.dead_letters == 0
