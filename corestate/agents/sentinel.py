@@ -216,6 +216,10 @@ class Sentinel:
             self._window, self._window_max, self._window_alerted = window, 0.0, False
         self.forecaster.observe(now, len(batch.kinds))
         verdict = self.detector.judge(window.features())
+        if window.batches > 1:  # the latest batch alone: earlier files cannot dilute it
+            alone = self.detector.judge(window.features(window.latest))
+            if alone.score > verdict.score:
+                verdict = alone
         metrics().anomaly_score(self.options.host, verdict.score)
         self._window_max = max(self._window_max, verdict.score)
         if verdict.alert:
