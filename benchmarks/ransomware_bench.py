@@ -203,7 +203,7 @@ def run_style(style: str, seed: int, files: int, pace: float | None, warmup: int
         return result
     sys.path.insert(0, str(HERE.parent))
     from corestate.connectors.url import open_backend
-    from corestate.maintenance.forget import load_protected
+    from corestate.repository.protected import load_protected
     from corestate.repository.repository import Repository
 
     r = Repository.open(open_backend(str(repo)), PASSWORD)

@@ -19,10 +19,10 @@ from corestate.agents.protect import ConsistencyPoint, ProtectOptions
 from corestate.agents.sentinel import AgentSentinel, ProtectSentinel, SentinelOptions
 from corestate.connectors.url import open_backend
 from corestate.kernel.watch import ChangeBatch
-from corestate.maintenance.forget import load_protected
-from corestate.models.alerts import AlertLedger
+from corestate.repository.protected import load_protected
+from corestate.repository.alerts import AlertLedger
 from corestate.models.detector import Detector, Verdict
-from corestate.pipeline.guard import alert_id
+from corestate.repository.alerts import alert_id
 from corestate.pipeline.backup import BackupSummary
 from corestate.repository.repository import Repository
 from corestate.schemas.events import SnapshotCommitted
@@ -136,8 +136,14 @@ def test_alert_protects_the_clean_snapshot_boosts_cadence_and_learns_only_normal
     sentinel.on_batch(written(docs[4]))
     clock.t = t0 + 45
     sentinel.on_point(point("c" * 64, t0 + 42, t0 + 45))
-    assert len(sentinel.alerts) == 1 and len(alerts_file.read_text().splitlines()) == 1
-    assert os.fspath(docs[4]) in AlertLedger(repo).load()[0].paths
+    assert len(sentinel.alerts) == 1
+    # one truth: the ledger and the file's last line for the id both show the grown alert
+    first, grown = [json.loads(ln) for ln in alerts_file.read_text().splitlines()]
+    (recorded,) = AlertLedger(repo).load()
+    assert grown["id"] == first["id"] == recorded.id
+    assert os.fspath(docs[4]) in recorded.paths and os.fspath(docs[4]) in grown["paths"]
+    assert os.fspath(docs[4]) not in first["paths"]
+    assert grown["paths"] == recorded.paths and grown["score"] == round(recorded.score, 6)
     assert sentinel.detector.learned == learned + 1  # attack windows are never learned
 
     clock.t = t0 + 40 + 601
