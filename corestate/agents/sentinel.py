@@ -4,7 +4,9 @@ A :class:`Sentinel` gets every watcher batch (:meth:`Sentinel.on_batch`) and eve
 committed snapshot (:meth:`Sentinel.on_snapshot`), turns batches into feature windows
 (:mod:`corestate.models.features`) and scores each window with the detector
 (:mod:`corestate.models.detector`) after every batch, so an attack is judged while it
-is still under way. Scoring, episodes, the attack start and the choice of the clean
+is still under way: the window so far, and its latest batch alone (the higher score
+counts), because a window's share features average over its files, and files that show
+nothing (media whose header an attack kept) would dilute one that shows encryption. Scoring, episodes, the attack start and the choice of the clean
 snapshot are the same in both modes; only what an alert *does* differs:
 
 - :class:`ProtectSentinel` (embedded, ``corestate protect``): raises the capture

@@ -6,7 +6,9 @@ Terms:
   or anything shaped like it, see :class:`Batch`): changed paths and their event kinds.
 - *window*: the batches of up to ``window`` seconds (2 s by default, the protect
   cadence), starting with the first batch after the previous window closed. Idle time
-  makes no windows. A window is scored while it fills (every batch) and once it closes.
+  makes no windows. A window is scored while it fills (every batch) and once it closes;
+  :meth:`Window.features` also gives the features of its events on some paths alone
+  (its *latest* batch's, as if that batch had opened the window).
 - *sample*, *sketch*, *similarity*, *dedup miss*: see :mod:`corestate.models.sketch`.
   Each written, created or renamed-in file is sampled once per batch that names it,
   at most ``max_files`` files and ``max_bytes`` bytes per window, so a mass change cannot
