@@ -356,7 +356,15 @@ def test_agent_sentinel_waits_for_the_commit_of_the_last_run_before_the_attack(t
     assert set(event.paths[:3]) == {os.fsencode(d) for d in docs[:3]}
     assert event.top_features and event.reason
     assert json.loads(alerts_file.read_text())["clean_snapshot"] == "a" * 64
+    sentinel.on_batch(attack(clock, t0 + 43, docs[3:5]))  # the episode grows
+    clock.t = t0 + 46
+    sentinel.tick()
+    [grown] = sentinel.drain()  # published again: the guard updates the same entry
+    assert alert_id(grown) == alert_id(event) and len(grown.paths) == 5
+    first, last = [json.loads(ln) for ln in alerts_file.read_text().splitlines()]
+    assert first["id"] == last["id"] and len(last["paths"]) == 5
     sentinel.close()
+    assert sentinel.drain() == [] and len(alerts_file.read_text().splitlines()) == 2
 
 
 def test_agent_sentinel_falls_back_to_an_earlier_session_when_the_run_never_commits(tmp_path):
