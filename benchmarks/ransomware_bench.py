@@ -4,7 +4,8 @@ against the workload simulator (``ransomware_sim.py``).
 Per attack style, in a fresh workspace and repository, with a fresh detector state (the
 shipped prior):
 
-1. start ``corestate protect SRC --json --alerts FILE`` (default 2 s cadence) and wait
+1. start ``corestate protect SRC --json --alerts FILE`` (default 2 s cadence; detection
+   is on by default, ``--alerts`` adds the copy this harness reads) and wait
    for the catch-up snapshot and the background sketch scan;
 2. warm up: ``--warmup`` normal actions, 0.5-1.5 s apart, then ``--quiet`` seconds of
    nothing (so the state before the attack is snapshotted);
@@ -104,9 +105,15 @@ class Protect:
             time.sleep(0.05)
 
     def alert_lines(self) -> list[dict[str, object]]:
+        """The first line of each alert (a grown alert is appended again, same id)."""
         if not self.alerts_file.exists():
             return []
-        return [json.loads(ln) for ln in self.alerts_file.read_text().splitlines() if ln.strip()]
+        first: dict[str, dict[str, object]] = {}
+        for ln in self.alerts_file.read_text().splitlines():
+            if ln.strip():
+                line = json.loads(ln)
+                first.setdefault(str(line["id"]), line)
+        return list(first.values())
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -203,7 +210,7 @@ def run_style(style: str, seed: int, files: int, pace: float | None, warmup: int
         return result
     sys.path.insert(0, str(HERE.parent))
     from corestate.connectors.url import open_backend
-    from corestate.maintenance.forget import load_protected
+    from corestate.repository.protected import load_protected
     from corestate.repository.repository import Repository
 
     r = Repository.open(open_backend(str(repo)), PASSWORD)

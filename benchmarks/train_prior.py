@@ -8,8 +8,9 @@ What it does, all seeded:
    its batches into windows. Time is simulated: each action's events are drained from
    the watcher and stamped with a simulated clock that advances by a random gap
    (exponential, mean 1.5 s), so windows hold one or a few actions as they would live.
-   Every batch yields a *partial* feature vector (the window so far: what the live
-   sentinel scores); a window's last vector is what is learned.
+   Every batch yields a *partial* feature vector (the window so far) and, from a window's
+   second batch on, the batch's features alone: the live sentinel scores both; a
+   window's last partial is what is learned.
    Attack runs: a short stretch of normal work, then one attack style at 2 files per
    simulated second.
 2. *Compare* candidate pipelines (``ChangeAnomalyDetector(kind=...)``): learn two
@@ -70,6 +71,7 @@ SHIP = "hst"
 @dataclass
 class Window:
     partials: list[dict[str, float]] = field(default_factory=list)
+    alone: list[dict[str, float] | None] = field(default_factory=list)  # the batch by itself
     label: int = 0
     files: list[int] = field(default_factory=list)  # attacked files so far at each partial
 
@@ -120,6 +122,7 @@ class Recorder:
             if self.open is None:
                 self.open = Window()
             self.open.partials.append(w.features())
+            self.open.alone.append(w.features(w.latest) if w.batches > 1 else None)
             self.open.files.append(self.attacked)
             self.open.label = max(self.open.label, label)
 
@@ -176,8 +179,10 @@ def live(det: Detector, windows: list[Window], learn: bool = True) -> tuple[list
     scores, alerts, files = [], [], []
     for w in windows:
         best, alerted, at = 0.0, False, None
-        for x, n in zip(w.partials, w.files):
+        for x, alone, n in zip(w.partials, w.alone or [None] * len(w.partials), w.files):
             v = det.judge(x)
+            if alone is not None:
+                v = max(v, det.judge(alone), key=lambda verdict: verdict.score)
             best = max(best, v.score)
             if v.alert and not alerted:
                 alerted, at = True, n

@@ -4,10 +4,12 @@ A :class:`Sentinel` gets every watcher batch (:meth:`Sentinel.on_batch`) and eve
 committed snapshot (:meth:`Sentinel.on_snapshot`), turns batches into feature windows
 (:mod:`corestate.models.features`) and scores each window with the detector
 (:mod:`corestate.models.detector`) after every batch, so an attack is judged while it
-is still under way. Scoring, episodes, the attack start and the choice of the clean
+is still under way: the window so far, and its latest batch alone (the higher score
+counts), because a window's share features average over its files, and files that show
+nothing (media whose header an attack kept) would dilute one that shows encryption. Scoring, episodes, the attack start and the choice of the clean
 snapshot are the same in both modes; only what an alert *does* differs:
 
-- :class:`ProtectSentinel` (embedded, ``corestate protect --alerts``): raises the capture
+- :class:`ProtectSentinel` (embedded, ``corestate protect``): raises the capture
   cadence, puts the clean snapshot on the repository's protection list and records the
   alert in its ledger;
 - :class:`AgentSentinel` (distributed, the watching ``corestate agent``): the agent
@@ -18,7 +20,8 @@ snapshot are the same in both modes; only what an alert *does* differs:
 Terms:
 
 - *episode*: anomalous windows no more than ``cooldown`` seconds apart; one episode is
-  one alert (later windows add paths to it, they do not raise new alerts).
+  one alert (later windows add paths to it and may raise its score; they do not raise
+  new alerts). An alert that *grew* is announced again under the same id (below).
 - *attack start*: when the episode's activity began. From the alerting window, the
   sentinel looks back through earlier *suspect* windows (scores above the detector's
   suspect threshold, with at least one file that looks encrypted) that follow each
@@ -41,9 +44,13 @@ What an alert does, in order: the mode's response (above; embedded: (1) the cade
 rises: the protector's interval is divided by ``boost`` for ``boost_seconds``, then
 restored; (2) protection and ledger, retried at the next snapshot if a forget holds the
 lock; distributed: the event is published); then the alert line is appended to the
-alerts file, and ``on_alert`` is called (the CLI prints it). Later windows of the same
-episode add their paths to the alert (embedded: recorded again at the next snapshot).
-In distributed mode, an alert whose clean snapshot would be a run not yet committed
+alerts file, and ``on_alert`` is called (the CLI prints it). An alert that grew is
+updated the same way, at most every ``update_every`` seconds and at close: the ledger
+entry is replaced (embedded; its acked and released flags kept) or the event published
+again with the same time and host, hence the same id, which the guard's ledger entry
+takes (distributed); then a new line with the same id is appended to the alerts file.
+*The last line of an id is the alert as it stands*, as ``corestate alerts list`` shows
+it. In distributed mode, an alert whose clean snapshot would be a run not yet committed
 waits for that commit, at most ``commit_wait`` seconds after the run was published,
 before it is announced: a worker's lag must not make it name an older snapshot.
 
@@ -71,24 +78,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from corestate.agents.protect import DEFAULT_EXCLUDES, ConsistencyPoint, ProtectOptions
-from corestate.errors import CoreStateError, PermanentError
+from corestate.errors import CoreStateError
 from corestate.kernel.watch import ChangeBatch
+from corestate.models.detector import Detector, Verdict
+from corestate.models.features import FeatureConfig, FeatureExtractor, Window
+from corestate.models.forecast import ChangeRateForecaster
 from corestate.pipeline.capture import ExcludeMatcher
-from corestate.pipeline.guard import alert_id
+from corestate.repository.alerts import Alert, AlertLedger, alert_id, append_line
 from corestate.repository.repository import Repository
 from corestate.schemas import events
 from corestate.telemetry import metrics
-
-try:
-    from corestate.models.alerts import Alert, AlertLedger, append_line
-    from corestate.models.detector import Detector, Verdict
-    from corestate.models.features import FeatureConfig, FeatureExtractor, Window
-    from corestate.models.forecast import ChangeRateForecaster
-except ModuleNotFoundError as _exc:  # River (and numpy) come with the models extra
-    if _exc.name not in ("river", "numpy", "scipy"):
-        raise
-    raise PermanentError("anomaly detection needs River: pip install 'corestate[models]'"
-                         ) from None
 
 log = logging.getLogger("corestate.agents.sentinel")
 
@@ -110,6 +109,7 @@ class SentinelOptions:
     slack: float = 1.0  # seconds before the earliest change time of a window's files
     history: int = 4096  # closed windows and snapshots remembered
     commit_wait: float = 60.0  # distributed: how long an alert waits for a run's commit
+    update_every: float = 2.0  # a grown alert is announced again at most this often
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,9 @@ class Sentinel:
         self._window_alerted = False
         self._episode: Alert | None = None
         self._episode_last = -math.inf
+        self._announced: set[str] = set()  # ids
+        self._grown: list[Alert] = []  # announced alerts that grew since
+        self._last_update = clock()
         self._last_checkpoint = clock()
 
     # -- life cycle ------------------------------------------------------------------
@@ -196,6 +199,7 @@ class Sentinel:
         if self._primer is not None:
             self._primer.join(timeout=10)
         self._finish()
+        self._update_grown()
         self.checkpoint()
 
     def checkpoint(self) -> None:
@@ -216,6 +220,10 @@ class Sentinel:
             self._window, self._window_max, self._window_alerted = window, 0.0, False
         self.forecaster.observe(now, len(batch.kinds))
         verdict = self.detector.judge(window.features())
+        if window.batches > 1:  # the latest batch alone: earlier files cannot dilute it
+            alone = self.detector.judge(window.features(window.latest))
+            if alone.score > verdict.score:
+                verdict = alone
         metrics().anomaly_score(self.options.host, verdict.score)
         self._window_max = max(self._window_max, verdict.score)
         if verdict.alert:
@@ -231,6 +239,8 @@ class Sentinel:
         """Time passes: close a window that is due, write a checkpoint that is due."""
         now = self.clock()
         self._tick(now)
+        if self._grown and now - self._last_update >= self.options.update_every:
+            self._update_grown()
         if now - self._last_checkpoint >= self.options.checkpoint_every:
             self.checkpoint()
 
@@ -268,10 +278,12 @@ class Sentinel:
         if episode is not None and now - self._episode_last <= self.options.cooldown:
             self._episode_last = now
             new = [p for p in paths if p not in episode.paths]
-            if new and len(episode.paths) < 10 * self.options.max_paths:
+            new = new[:max(0, 10 * self.options.max_paths - len(episode.paths))]
+            if new or verdict.score > episode.score:
                 episode.paths.extend(new)
                 episode.score = max(episode.score, verdict.score)
-                self._extended(episode)
+                if episode not in self._grown:
+                    self._grown.append(episode)
             return
         start = self._attack_start(window, now)
         metrics().anomaly_alert(self.options.host, verdict.score, verdict.threshold, len(window.paths()))
@@ -291,18 +303,37 @@ class Sentinel:
 
     def _announce(self, alert: Alert, now: float) -> None:
         self._respond(alert, now)
-        shown = _shown(alert)
-        if self.options.alerts_file:
-            try:
-                append_line(self.options.alerts_file, shown)
-            except OSError as exc:
-                log.error("cannot append to the alerts file %s: %s", self.options.alerts_file, exc)
+        self._announced.add(alert.id)
+        if alert in self._grown:  # grew while it waited: announced as it is now
+            self._grown.remove(alert)
+        shown = self._append(alert)
         log.warning("ALERT %s: score %.4f >= %.4f (%s); clean snapshot %s; %d paths, e.g. %s",
                     alert.id, alert.score, alert.threshold, alert.reason,
                     alert.clean_snapshot and alert.clean_snapshot[:8], len(alert.paths),
                     ", ".join(shown.paths[:3]))
         if self.on_alert is not None:
             self.on_alert(shown)
+
+    def _append(self, alert: Alert) -> Alert:
+        """Append the alert's line to the alerts file; return the alert as shown."""
+        shown = _shown(alert)
+        if self.options.alerts_file:
+            try:
+                append_line(self.options.alerts_file, shown)
+            except OSError as exc:
+                log.error("cannot append to the alerts file %s: %s", self.options.alerts_file, exc)
+        return shown
+
+    def _update_grown(self) -> None:
+        """Announce again the alerts that grew (see the module docstring)."""
+        self._last_update = self.clock()
+        for alert in list(self._grown):
+            if alert.id not in self._announced:
+                continue  # still waiting for a commit: announced whole later
+            self._grown.remove(alert)
+            self._respond_grown(alert)
+            self._append(alert)
+            log.info("alert %s grew: score %.4f, %d paths", alert.id, alert.score, len(alert.paths))
 
     def _attack_start(self, window: Window, now: float) -> float:
         """When the anomalous activity began (see the module docstring)."""
@@ -329,8 +360,8 @@ class Sentinel:
     def _respond(self, alert: Alert, now: float) -> None:
         """What a new alert does (see the subclasses)."""
 
-    def _extended(self, alert: Alert) -> None:
-        """A later window of the episode added paths to ``alert``."""
+    def _respond_grown(self, alert: Alert) -> None:
+        """What an announced alert that grew does (see the subclasses)."""
 
     def _earlier_snapshot(self, before: float) -> str | None:
         """The newest snapshot of this host and paths taken before ``before`` and before
@@ -381,9 +412,8 @@ class ProtectSentinel(Sentinel):
         self._boost(now)
         self._record(alert)
 
-    def _extended(self, alert: Alert) -> None:
-        if alert not in self._unrecorded:  # written at the next snapshot
-            self._unrecorded.append(alert)
+    def _respond_grown(self, alert: Alert) -> None:
+        self._record(alert)
 
     def _earlier_snapshot(self, before: float) -> str | None:
         paths = sorted(self.paths)
@@ -433,7 +463,7 @@ class AgentSentinel(Sentinel):
     ``SnapshotCommitted`` it reads (:meth:`on_committed`); those of this host and paths
     are its snapshots: a run of this session settles when it was published, a snapshot
     of an earlier session is a fallback clean snapshot. An alert's id is the one the
-    worker's guard records it under (:func:`~corestate.pipeline.guard.alert_id`)."""
+    worker's guard records it under (:func:`~corestate.repository.alerts.alert_id`)."""
 
     def __init__(self, paths: list[str], options: SentinelOptions | None = None, *,
                  excludes: list[str] | None = None,
@@ -500,6 +530,9 @@ class AgentSentinel(Sentinel):
         return out
 
     def _respond(self, alert: Alert, now: float) -> None:
+        self.outbox.append(alert.to_event())
+
+    def _respond_grown(self, alert: Alert) -> None:
         self.outbox.append(alert.to_event())
 
     def _earlier_snapshot(self, before: float) -> str | None:

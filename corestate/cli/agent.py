@@ -50,8 +50,7 @@ if TYPE_CHECKING:
                    "CORESTATE_SCHEMA_REGISTRY_* (e.g. _BASIC_AUTH_USER_INFO=user:password).")
 @click.option("--detect/--no-detect", default=None,
               help="While watching, score the changes for ransomware-like behaviour and "
-                   "publish alerts on <prefix>.alerts (needs corestate[models]). Default: on "
-                   "when watching and the models are installed.")
+                   "publish alerts on <prefix>.alerts. Default: on when watching.")
 @click.option("--alerts", "alerts_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="Also append each alert to FILE as a JSON line (implies --detect).")
 @click.option("--parent-wait", type=click.FloatRange(min=0), default=60.0, show_default=True,
@@ -145,16 +144,11 @@ def state_dir(prefix: str, host: str) -> str:
 def _sentinel(ctx: Context, paths: list[str], host: str, prefix: str, excludes: list[str],
               detect: bool | None, alerts_file: str | None,
               mon: monitoring.Monitor) -> AgentSentinel | None:
-    """The watching agent's anomaly detector, started; None if not wanted or not installed."""
+    """The watching agent's anomaly detector, started; None if not wanted."""
     if detect is False and not alerts_file:
         return None
-    try:
-        from corestate.agents.sentinel import AgentSentinel, SentinelOptions  # noqa: F811
-    except PermanentError:
-        if detect or alerts_file:
-            raise
-        ctx.info("no ransomware detection: pip install 'corestate[models]'")
-        return None
+    from corestate.agents.sentinel import AgentSentinel, SentinelOptions  # noqa: F811
+
     state = os.path.join(state_dir(prefix, host), "detector.pkl")
     sentinel = AgentSentinel(paths, SentinelOptions(
         alerts_file=os.path.abspath(alerts_file) if alerts_file else None, state_path=state,

@@ -6,12 +6,12 @@ import click
 
 from corestate.cli.context import Context, pass_ctx
 from corestate.cli.main import cli
-from corestate.models.alerts import Alert, AlertLedger
+from corestate.repository.alerts import Alert, AlertLedger
 
 
 @cli.group()
 def alerts() -> None:
-    """Alerts raised by `corestate protect --alerts` (possible ransomware).
+    """Alerts raised by `corestate protect` and by agents (possible ransomware).
 
     Each alert locks its clean snapshot (the last one taken before the anomalous
     activity began) against forget and prune. Restore from it with `corestate restore

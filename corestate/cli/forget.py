@@ -15,6 +15,7 @@ from corestate.maintenance import forget as forgetting
 from corestate.maintenance import prune as pruning
 from corestate.maintenance.listing import local_time
 from corestate.repository.backend import Kind
+from corestate.repository.protected import is_protected, load_protected
 from corestate.repository.repository import Repository
 from corestate.repository.snapshot import Snapshot
 
@@ -121,9 +122,9 @@ def forget(ctx: Context, snapshot_ids: tuple[str, ...], keep_last: int, keep_hou
         if snapshot_ids:
             snaps = list({s.id: s for s in (_snapshot_or_file(ctx, repo, ref)
                                             for ref in snapshot_ids)}.values())
-            protected = forgetting.load_protected(repo)
+            protected = load_protected(repo)
             for s in snaps:
-                if forgetting.is_protected(s.id, protected):
+                if is_protected(s.id, protected):
                     raise PermanentError(f"snapshot {s.short_id} is on the protection list; "
                                          "it cannot be removed")
             removed = [] if dry_run else forgetting.remove_snapshots(repo, snaps, protected,

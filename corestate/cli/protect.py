@@ -10,10 +10,12 @@ from types import FrameType
 import click
 
 from corestate.agents.protect import ConsistencyPoint, Protector, ProtectOptions
+from corestate.agents.sentinel import ProtectSentinel, SentinelOptions
 from corestate.cli import monitoring
 from corestate.cli.context import Context, human_size, pass_ctx
 from corestate.cli.main import cli
 from corestate.kernel.watch import ChangeBatch
+from corestate.repository.alerts import Alert
 
 
 @cli.command()
@@ -25,35 +27,43 @@ from corestate.kernel.watch import ChangeBatch
                    "repository itself are always skipped. Repeatable.")
 @click.option("--tag", "tags", multiple=True, help="Tag every snapshot (repeatable).")
 @click.option("--host", help="Hostname recorded in the snapshots.")
+@click.option("--detect/--no-detect", default=True, show_default=True,
+              help="Watch the changes for ransomware-like behaviour. An alert locks the "
+                   "last clean snapshot against forget/prune, raises the capture cadence, "
+                   "and is recorded in the repository (`corestate alerts list`).")
 @click.option("--alerts", "alerts_file", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Watch for ransomware-like changes (needs corestate[models]); append "
-                   "alerts to FILE as JSON lines, lock the last clean snapshot against "
-                   "forget/prune and raise the capture cadence on an alert. See `corestate "
-                   "alerts`.")
+              help="Also append each alert to FILE as a JSON line; an alert that grows "
+                   "(more paths, a higher score) is appended again with the same id: the "
+                   "last line of an id is the alert as it stands.")
 @monitoring.service_options
 @pass_ctx
 def protect(ctx: Context, paths: tuple[str, ...], interval: float, excludes: tuple[str, ...],
-            tags: tuple[str, ...], host: str | None, alerts_file: str | None) -> None:
+            tags: tuple[str, ...], host: str | None, detect: bool,
+            alerts_file: str | None) -> None:
     """Protect PATHS continuously: a catch-up snapshot now, then one within seconds of
-    every change.
+    every change, watching the changes for ransomware.
 
-    Watches with inotify; after a change only the changed directories are read again.
-    SIGTERM or Ctrl-C commits what is pending, then exits. With --json, prints one JSON
-    object per snapshot (and, with --alerts, one per alert).
+    Watches with inotify (fanotify where permitted); after a change only the changed
+    directories are read again. Every change is scored by the anomaly detector (its
+    state is kept in the state directory, $CORESTATE_STATE_DIR or
+    ~/.local/state/corestate); see `corestate alerts` for what an alert does and how to
+    release it. SIGTERM or Ctrl-C commits what is pending, then exits. With --json,
+    prints one JSON object per snapshot and one per alert.
     """
+    if alerts_file and not detect:
+        raise click.UsageError("--alerts needs detection: drop --no-detect")
     mon = monitoring.start("protect", ctx.password_file)
     repo = ctx.open_repo()
     block_store = ctx.block_store(repo)
     opts = ProtectOptions(list(paths), list(excludes), list(tags), interval=interval,
                           hostname=host, block_store=block_store)
     sentinel = None
-    if alerts_file:
-        from corestate.agents.sentinel import ProtectSentinel, SentinelOptions
-
+    if detect:
         state = os.path.join(os.path.dirname(block_store.directory), "detector.pkl")
-        sentinel = ProtectSentinel(repo, opts, SentinelOptions(alerts_file=os.path.abspath(alerts_file),
-                                                        state_path=state),
-                            on_alert=lambda a: _report_alert(ctx, a, mon))
+        sentinel = ProtectSentinel(
+            repo, opts, SentinelOptions(alerts_file=os.path.abspath(alerts_file) if alerts_file
+                                        else None, state_path=state),
+            on_alert=lambda a: _report_alert(ctx, a, mon))
         mon.detecting(sentinel.options.host)
 
     def on_point(point: ConsistencyPoint) -> None:
@@ -79,8 +89,8 @@ def protect(ctx: Context, paths: tuple[str, ...], interval: float, excludes: tup
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    ctx.info(f"protecting {', '.join(paths)} (snapshots at most every {interval:g}s); "
-             "Ctrl-C to stop")
+    ctx.info(f"protecting {', '.join(paths)} (snapshots at most every {interval:g}s"
+             f"{'' if detect else ', no ransomware detection'}); Ctrl-C to stop")
     if sentinel is None:
         protector.run()
         return
@@ -91,15 +101,17 @@ def protect(ctx: Context, paths: tuple[str, ...], interval: float, excludes: tup
         sentinel.close()
 
 
-def _report_alert(ctx: Context, alert: object, mon: monitoring.Monitor) -> None:
-    line = alert.line()  # type: ignore[attr-defined]
+def _report_alert(ctx: Context, alert: Alert, mon: monitoring.Monitor) -> None:
+    line = alert.line()
     mon.alert(line)
     if ctx.json:
         ctx.emit({"message_type": "alert", **line})
     else:
-        ctx.warn(f"ALERT {line['id']}: possible ransomware (score {line['score']:.3f}: "
-                 f"{line['reason']}); clean snapshot {str(line['clean_snapshot'])[:8]} is "
-                 f"locked; {len(line['paths'])} paths, e.g. {', '.join(line['paths'][:3])}")
+        clean = (f"clean snapshot {alert.clean_snapshot[:8]} is locked" if alert.clean_snapshot
+                 else "no clean snapshot yet")
+        ctx.warn(f"ALERT {alert.id}: possible ransomware (score {alert.score:.3f}: "
+                 f"{alert.reason}); {clean}; {len(alert.paths)} paths, e.g. "
+                 f"{', '.join(alert.paths[:3])}; see `corestate alerts list`")
 
 
 def _report(ctx: Context, point: ConsistencyPoint) -> None:

@@ -14,10 +14,9 @@ Terms:
   left afterwards.
 - *group*: snapshots with the same host and paths (the default ``group_by``); each group
   is expired on its own.
-- *protection list*: the sidecar file ``corestate/protected``, a JSON list of snapshot
-  ids (or id prefixes) that must never be removed, whatever the policy says (the anomaly
-  detector protects the last snapshots before suspected ransomware). Absent means empty;
-  a list that cannot be read stops forget rather than risk removing what it protects.
+- *protection list*: snapshots that must never be removed, whatever the policy says
+  (:mod:`corestate.repository.protected`; the anomaly detector protects the last
+  snapshots before suspected ransomware).
 """
 
 from __future__ import annotations
@@ -27,15 +26,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 
-import orjson
-
-from corestate.errors import CoreStateError, ImmutableError, NotFoundError, PermanentError
+from corestate.errors import CoreStateError, ImmutableError, PermanentError
 from corestate.maintenance import ProgressFn, no_progress
 from corestate.repository.backend import Kind
+from corestate.repository.protected import is_protected, load_protected
 from corestate.repository.repository import OnDamaged, Repository
 from corestate.repository.snapshot import Snapshot
 
-PROTECTED_SIDECAR = "protected"
 DEFAULT_GROUP_BY = ("host", "paths")
 
 _BUCKETS: tuple[tuple[str, str, Callable[[datetime, int], int]], ...] = (
@@ -119,30 +116,6 @@ def apply_policy(snaps: Iterable[Snapshot], policy: Policy, protected: Sequence[
         counters = {k: c for k, c in counts.items() if c > 0}
         out.append(Decision(snap, keep, reasons if keep else [], counters))
     return out
-
-
-def is_protected(snap_id: str, protected: Sequence[str]) -> bool:
-    """Whether ``snap_id`` is on the protection list (entries may be id prefixes)."""
-    return any(p and snap_id.startswith(p) for p in protected)
-
-
-def load_protected(repo: Repository) -> list[str]:
-    """The protection list; [] when absent; PermanentError when unreadable."""
-    try:
-        raw = repo.load_sidecar(PROTECTED_SIDECAR)
-    except NotFoundError:
-        return []
-    except CoreStateError as exc:
-        raise PermanentError(f"the protection list (corestate/{PROTECTED_SIDECAR}) cannot be "
-                             f"read ({exc}); refusing to forget snapshots it may protect") from None
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        doc = None
-    if not isinstance(doc, list) or not all(isinstance(x, str) for x in doc):
-        raise PermanentError(f"the protection list (corestate/{PROTECTED_SIDECAR}) is not a "
-                             "JSON list of snapshot ids; refusing to forget")
-    return [x.strip().lower() for x in doc if x.strip()]
 
 
 @dataclass

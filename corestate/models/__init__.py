@@ -7,11 +7,10 @@ tiering advice.
 - :mod:`.features`: window features of one host's change stream: the model's input.
 - :mod:`.detector`: the anomaly detector, its calibrated threshold, reasons, checkpoints
   and the prior shipped as ``prior.pkl``.
-- :mod:`.alerts`: alert records, the repository's alert ledger and protection list.
 - :mod:`.forecast`: change-rate forecast and the capture cadence it proposes.
 - :mod:`.tiering`: storage-class advice with estimated monthly savings.
 
 Nothing here imports the agents or the CLI; :mod:`corestate.agents.sentinel` wires the
-detector into ``corestate protect``. Everything but :mod:`.alerts`, :mod:`.magic` and
-:mod:`.tiering` needs the ``models`` extra (``pip install 'corestate[models]'``).
+detector into ``corestate protect`` and ``corestate agent``, and records alerts in the
+repository's ledger (:mod:`corestate.repository.alerts`).
 """

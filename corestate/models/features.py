@@ -6,7 +6,9 @@ Terms:
   or anything shaped like it, see :class:`Batch`): changed paths and their event kinds.
 - *window*: the batches of up to ``window`` seconds (2 s by default, the protect
   cadence), starting with the first batch after the previous window closed. Idle time
-  makes no windows. A window is scored while it fills (every batch) and once it closes.
+  makes no windows. A window is scored while it fills (every batch) and once it closes;
+  :meth:`Window.features` also gives the features of its events on some paths alone
+  (its *latest* batch's, as if that batch had opened the window).
 - *sample*, *sketch*, *similarity*, *dedup miss*: see :mod:`corestate.models.sketch`.
   Each written, created or renamed-in file is sampled once per batch that names it,
   at most ``max_files`` files and ``max_bytes`` bytes per window, so a mass change cannot
@@ -169,7 +171,8 @@ class FileEvidence:
     dedup_miss: float | None = None
     mismatch: bool = False
     opaque: bool = False
-    consistent: bool = False  # a recognised type that fits the name
+    consistent: bool = False  # a recognised type that fits the name, intact
+    broken: bool = False  # a rewrite, no smaller than before, that lost its end marker
 
     @property
     def rewrite(self) -> bool:
@@ -178,9 +181,10 @@ class FileEvidence:
     @property
     def type_changed(self) -> bool:
         """A recognised type gave way to content that is no recognised type fitting the
-        name (a PDF that no longer starts with %PDF); conversions do not count."""
+        name (a PDF that no longer starts with %PDF), or lost its end marker (a JPEG whose
+        first bytes were kept and the rest encrypted); conversions do not count."""
         return (self.previous_type is not None and magic.recognised(self.previous_type)
-                and self.ftype != self.previous_type and not self.consistent)
+                and (self.ftype != self.previous_type or self.broken) and not self.consistent)
 
     @property
     def scrambled(self) -> bool:
@@ -227,6 +231,7 @@ class Window:
     sampled_files: int = 0
     sampled_bytes: int = 0
     batches: int = 0
+    latest: frozenset[bytes] = frozenset()  # the paths of the last batch
 
     def touched(self) -> set[bytes]:
         return self.written | self.created | self.deleted | self.moved_from | self.moved_to
@@ -260,8 +265,12 @@ class Window:
             first = t if first is None else min(first, t)
         return first
 
-    def features(self) -> dict[str, float]:
-        """The feature vector of the window so far (see :data:`FEATURES`)."""
+    def features(self, only: frozenset[bytes] | None = None) -> dict[str, float]:
+        """The feature vector of the window so far (see :data:`FEATURES`); with ``only``,
+        of its events on those paths alone (e.g. :attr:`latest`), as if they had opened
+        the window."""
+        if only is not None:
+            return self._part(only).features()
         span = self.end - self.start
 
         def rate(n: int) -> float:
@@ -293,6 +302,19 @@ class Window:
             "derived_replace_rate": rate(derived),
         }
         return x
+
+    def _part(self, only: frozenset[bytes]) -> Window:
+        def keep(paths: set[bytes]) -> set[bytes]:
+            return paths & only
+
+        return Window(self.start, self.end, self.lower_bound, self.last,
+                      written=keep(self.written), created=keep(self.created),
+                      deleted=keep(self.deleted), moved_from=keep(self.moved_from),
+                      moved_to=keep(self.moved_to),
+                      evidence={p: e for p, e in self.evidence.items() if p in only},
+                      derived_from={d: s for d, s in self.derived_from.items() if d in only},
+                      ext_changes=keep(self.ext_changes), novel=keep(self.novel),
+                      dir_sizes=self.dir_sizes)
 
     def _dir_share(self) -> float:
         affected: dict[bytes, int] = {}
@@ -390,6 +412,7 @@ class FeatureExtractor:
         self._last_observe = now
         w.last = now
         w.batches += 1
+        w.latest = frozenset(p for p in batch.kinds if p not in self.ignore)
         content: list[bytes] = []
         for path, kinds in batch.kinds.items():
             if path in self.ignore:
@@ -515,12 +538,18 @@ def evidence_of(path: bytes, sample: Sample, sk: Sketch, prev: Sketch | None,
     Content that is a recognised type fitting its name (*consistent*: a gzip called
     ``.gz``, a zip called ``.docx``) was converted or re-saved, not scrambled: its
     entropy gain does not count, nor its similarity when the type changed (text
-    compressed to ``app.log.1.gz`` shares nothing with the text, by design)."""
+    compressed to ``app.log.1.gz`` shares nothing with the text, by design). A rewrite
+    of a file that was intact (:func:`~corestate.models.magic.intact`), as large as
+    before or larger, whose end marker is gone is *broken*, and not consistent: its
+    header was kept, the rest was not (a smaller one may be still being written)."""
     data = sample.data
     ratio = compress_ratio(data)
     mism = magic.mismatch(path, sk.ftype)
+    broken = (prev is not None and prev.intact is True and sk.intact is False
+              and sk.ftype == prev.ftype and sk.size >= prev.size)
     # an emptied file (truncated, rotated) contradicts nothing
-    consistent = (magic.recognised(sk.ftype) and not mism) or sk.ftype == "empty"
+    consistent = ((magic.recognised(sk.ftype) and not mism and not broken)
+                  or sk.ftype == "empty")
     opaque = sk.entropy >= high_entropy and len(data) >= 256 and not consistent
     if prev is None:
         return FileEvidence(path, sk.ftype, sk.entropy, ratio, len(data), mismatch=mism,
@@ -532,7 +561,7 @@ def evidence_of(path: bytes, sample: Sample, sk: Sketch, prev: Sketch | None,
                         entropy_gain=gain,
                         similarity=similarity(sk, prev) if comparable else None,
                         dedup_miss=dedup_miss(sk, prev) if comparable else None,
-                        mismatch=mism, opaque=opaque, consistent=consistent)
+                        mismatch=mism, opaque=opaque, consistent=consistent, broken=broken)
 
 
 def _stem(name: bytes) -> bytes:

@@ -13,6 +13,11 @@ Terms:
   the name and destroys the header, so ``report.pdf`` stops starting with ``%PDF``.
 - *temporary suffix*: one used by editors and downloaders for files that are renamed
   into place later (``.tmp``, ``.part``, ``.swp``); renames from them are ordinary saves.
+- *end marker*: the bytes some types close a file with (JPEG's EOI, PNG's IEND chunk,
+  PDF's ``%%EOF``, ZIP's end-of-central-directory record), found within the last
+  bytes of the file. A file of such a type is *intact* when its tail shows the marker.
+  Ransomware that keeps a file's first bytes (so that its type still sniffs right)
+  encrypts the rest, end marker included.
 - *known suffix*: one ordinary work produces. Ransomware marks encrypted files with a
   suffix of its own (``.locked``, ``.enc``, random letters); a suffix outside this list
   that first appeared recently is a feature (see :mod:`corestate.models.features`).
@@ -23,6 +28,8 @@ Terms:
 ('.pdf', '', '')
 >>> mismatch(b"report.pdf", "unknown"), mismatch(b"report.pdf", "pdf"), mismatch(b"notes", "unknown")
 (True, False, False)
+>>> intact("pdf", b"...trailer\\n%%EOF\\n"), intact("pdf", bytes(range(200))), intact("text", b"x")
+(True, False, None)
 """
 
 from __future__ import annotations
@@ -116,6 +123,26 @@ KNOWN_SUFFIXES = frozenset(_EXPECTED) | TEMP_SUFFIXES | frozenset(
     ".sln .csproj .vcxproj .props .targets .resx .dat .bin .out .idx .pack .rev .keep "
     ".gitignore .gitattributes .gitmodules .patch .diff .gcda .gcno .su .dwo .pdb "
     ".ilk .exp .manifest .res .rc .def".split())
+
+TAIL = 4096  # bytes of a file's end that :func:`intact` looks at
+# type -> (end marker, within how many last bytes: trailing padding, a ZIP comment)
+_END_MARKERS: dict[str, tuple[bytes, int]] = {
+    "jpeg": (b"\xff\xd9", 512),
+    "png": (b"IEND\xaeB`\x82", 64),
+    "pdf": (b"%%EOF", 1024),
+    "zip": (b"PK\x05\x06", TAIL),
+}
+
+
+def intact(ftype: str, tail: bytes) -> bool | None:
+    """Whether a file of type ``ftype`` whose last bytes are ``tail`` shows its type's
+    end marker; None for types without one."""
+    marker = _END_MARKERS.get(ftype)
+    if marker is None:
+        return None
+    sig, within = marker
+    return sig in tail[-within:]
+
 
 _TEXT_BYTES = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D, 0x0C}
 

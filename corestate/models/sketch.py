@@ -4,8 +4,10 @@ Terms:
 
 - *sample*: at most two regions of a file: the first ``region`` bytes (the *head*,
   64 KiB by default) and, for a larger file, ``region`` bytes from the middle (its
-  offset aligned down to a block). Never more than ``2 * region`` bytes are read,
-  whatever the file's size, so looking at a changed VM image costs what a small file does.
+  offset aligned down to a block); plus its *tail*, the last 4 KiB, where some types
+  keep an end marker (:func:`corestate.models.magic.intact`). Never more than
+  ``2 * region`` + 4 KiB bytes are read, whatever the file's size, so looking at a
+  changed VM image costs what a small file does.
 - *entropy*: Shannon entropy of the byte distribution, in bits per byte, 0 (one byte
   value) to 8 (uniform). Text is about 4-5; compressed, media and *encrypted* data 7.9+.
 - *compression ratio*: zstd level 1 output size / input size of the sample; near or
@@ -18,7 +20,7 @@ Terms:
   insertion in a document keeps it similar. *Similarity* of two sketches estimates the
   Jaccard similarity of their shingle sets: 1.0 the same content, 0.0 nothing in common.
 - *sketch*: what is kept per path between versions: size, type (see
-  :mod:`corestate.models.magic`), entropy of the sample and of the first 4 KiB, block
+  :mod:`corestate.models.magic`), whether it is intact, entropy of the sample and of the first 4 KiB, block
   hashes and MinHash; about 0.8 KiB. :class:`SketchCache` holds them in LRU order.
 
 >>> round(shannon_entropy(bytes(4096)), 3), round(shannon_entropy(bytes(range(256)) * 16), 3)
@@ -41,7 +43,7 @@ import numpy as np
 import xxhash
 import zstandard
 
-from corestate.models.magic import sniff
+from corestate.models.magic import TAIL, intact, sniff
 
 REGION = 64 * 1024
 BLOCK = 4 * 1024
@@ -61,6 +63,7 @@ class Sample:
     head: bytes
     middle: bytes
     size: int
+    tail: bytes | None = None  # the last bytes (None: the end of ``head`` is the end)
 
     @property
     def data(self) -> bytes:
@@ -85,7 +88,8 @@ def read_sample(path: bytes | str, region: int = REGION) -> Sample | None:
         if st.st_size > 2 * region:
             offset = (st.st_size // 2) // BLOCK * BLOCK
             middle = os.pread(fd, region, offset)
-        return Sample(head, middle, max(st.st_size, len(head)))
+        tail = os.pread(fd, TAIL, max(0, st.st_size - TAIL)) if st.st_size > len(head) else None
+        return Sample(head, middle, max(st.st_size, len(head)), tail)
     except OSError:
         return None
     finally:
@@ -149,13 +153,16 @@ class Sketch:
     head_entropy: float
     blocks: bytes
     minhash: bytes
+    intact: bool | None = None  # its type's end marker is there (None: a type without)
 
 
 def sketch_of(sample: Sample) -> Sketch:
     data = sample.data
-    return Sketch(size=sample.size, ftype=sniff(sample.head[:4096]),
+    ftype = sniff(sample.head[:4096])
+    tail = sample.tail if sample.tail is not None else sample.head[-TAIL:]
+    return Sketch(size=sample.size, ftype=ftype,
                   entropy=shannon_entropy(data), head_entropy=shannon_entropy(sample.head[:BLOCK]),
-                  blocks=block_hashes(data), minhash=minhash(data))
+                  blocks=block_hashes(data), minhash=minhash(data), intact=intact(ftype, tail))
 
 
 def similarity(new: Sketch, old: Sketch) -> float:

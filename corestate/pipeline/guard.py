@@ -7,37 +7,29 @@ Terms:
   on ``<prefix>.alerts``; its ``clean_snapshot`` is the restic id of the newest snapshot
   taken before the anomaly began;
 - *guarding* an alert records it in the repository's alert ledger and puts its clean
-  snapshot on the protection list (:class:`~corestate.models.alerts.AlertLedger`, the
-  same state ``corestate protect --alerts`` keeps, so ``corestate alerts list|ack|release``
+  snapshot on the protection list (:class:`~corestate.repository.alerts.AlertLedger`,
+  the same state ``corestate protect`` keeps, so ``corestate alerts list|ack|release``
   work on it);
-- the *alert id* of an event is derived from its host and time (12 hex digits), so a
-  replayed event is recognised: an alert already in the ledger is left as it is (a
-  person may have released it since; replay must not protect its snapshot again).
+- the *alert id* of an event is derived from its host and time
+  (:func:`~corestate.repository.alerts.alert_id`), so a replayed event is recognised:
+  an alert already in the ledger is left as it is, unless the event shows it grown
+  (more paths or a higher score: the agent published the episode again), when its
+  paths and score are updated and its flags kept (a person may have released it since;
+  neither replay nor growth protects its snapshot again).
 
 The guard emits nothing and ignores every other event. Like the other stages it knows
 nothing of Kafka (:mod:`corestate.pipeline.stage`); a record is settled once handled.
-
->>> from datetime import datetime, timezone
->>> alert_id(events.Alert(time=datetime(2024, 5, 1, tzinfo=timezone.utc), host="h1",
-...                       score=0.99, reason="opaque_share +19.0σ"))
-'2237201255a1'
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 
 from corestate.pipeline.jobs import Record
 from corestate.pipeline.stage import Emit, Holds
+from corestate.repository.alerts import Alert, AlertLedger
 from corestate.repository.repository import Repository
 from corestate.schemas import events
-
-
-def alert_id(event: events.Alert) -> str:
-    """The ledger id of an alert event: stable across replays."""
-    key = f"{event.host}\0{event.time.isoformat()}".encode("utf-8")
-    return hashlib.sha256(key).hexdigest()[:12]
 
 
 class AlertGuard:
@@ -75,18 +67,11 @@ class AlertGuard:
         return iter(())
 
     def _guard(self, event: events.Alert) -> None:
-        # The ledger is the one ``corestate protect`` keeps; imported here, when an alert
-        # arrives, so that the pipeline layer does not load the models package otherwise.
-        from corestate.models.alerts import Alert, AlertLedger
-
         ledger = AlertLedger(self.repo)
-        ident = alert_id(event)
-        if any(a.id == ident for a in ledger.load()):
+        alert = Alert.from_event(event)
+        old = next((a for a in ledger.load() if a.id == alert.id), None)
+        if old is not None and len(alert.paths) <= len(old.paths) and alert.score <= old.score:
             return  # a replay: already recorded (and maybe released since)
-        ledger.record(Alert(
-            time=event.time.timestamp(), host=event.host, score=event.score,
-            threshold=0.0, reason=event.reason,
-            paths=[p.decode("utf-8", "backslashreplace") for p in event.paths],  # JSON-safe
-            clean_snapshot=event.clean_snapshot,
-            top_features=[(f.name, f.value) for f in event.top_features], id=ident))
-        self.guarded += 1
+        ledger.record(alert)
+        if old is None:
+            self.guarded += 1

@@ -19,10 +19,10 @@ from corestate.agents.protect import ConsistencyPoint, ProtectOptions
 from corestate.agents.sentinel import AgentSentinel, ProtectSentinel, SentinelOptions
 from corestate.connectors.url import open_backend
 from corestate.kernel.watch import ChangeBatch
-from corestate.maintenance.forget import load_protected
-from corestate.models.alerts import AlertLedger
+from corestate.repository.protected import load_protected
+from corestate.repository.alerts import AlertLedger
 from corestate.models.detector import Detector, Verdict
-from corestate.pipeline.guard import alert_id
+from corestate.repository.alerts import alert_id
 from corestate.pipeline.backup import BackupSummary
 from corestate.repository.repository import Repository
 from corestate.schemas.events import SnapshotCommitted
@@ -136,8 +136,14 @@ def test_alert_protects_the_clean_snapshot_boosts_cadence_and_learns_only_normal
     sentinel.on_batch(written(docs[4]))
     clock.t = t0 + 45
     sentinel.on_point(point("c" * 64, t0 + 42, t0 + 45))
-    assert len(sentinel.alerts) == 1 and len(alerts_file.read_text().splitlines()) == 1
-    assert os.fspath(docs[4]) in AlertLedger(repo).load()[0].paths
+    assert len(sentinel.alerts) == 1
+    # one truth: the ledger and the file's last line for the id both show the grown alert
+    first, grown = [json.loads(ln) for ln in alerts_file.read_text().splitlines()]
+    (recorded,) = AlertLedger(repo).load()
+    assert grown["id"] == first["id"] == recorded.id
+    assert os.fspath(docs[4]) in recorded.paths and os.fspath(docs[4]) in grown["paths"]
+    assert os.fspath(docs[4]) not in first["paths"]
+    assert grown["paths"] == recorded.paths and grown["score"] == round(recorded.score, 6)
     assert sentinel.detector.learned == learned + 1  # attack windows are never learned
 
     clock.t = t0 + 40 + 601
@@ -350,7 +356,15 @@ def test_agent_sentinel_waits_for_the_commit_of_the_last_run_before_the_attack(t
     assert set(event.paths[:3]) == {os.fsencode(d) for d in docs[:3]}
     assert event.top_features and event.reason
     assert json.loads(alerts_file.read_text())["clean_snapshot"] == "a" * 64
+    sentinel.on_batch(attack(clock, t0 + 43, docs[3:5]))  # the episode grows
+    clock.t = t0 + 46
+    sentinel.tick()
+    [grown] = sentinel.drain()  # published again: the guard updates the same entry
+    assert alert_id(grown) == alert_id(event) and len(grown.paths) == 5
+    first, last = [json.loads(ln) for ln in alerts_file.read_text().splitlines()]
+    assert first["id"] == last["id"] and len(last["paths"]) == 5
     sentinel.close()
+    assert sentinel.drain() == [] and len(alerts_file.read_text().splitlines()) == 2
 
 
 def test_agent_sentinel_falls_back_to_an_earlier_session_when_the_run_never_commits(tmp_path):

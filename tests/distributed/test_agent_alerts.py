@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from corestate.pipeline.guard import alert_id
+from corestate.repository.alerts import alert_id
 from corestate.schemas.codec import decode
 from corestate.schemas.events import Alert, SnapshotCommitted
 from tests.agents.test_sentinel import encrypt, make_docs

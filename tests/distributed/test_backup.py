@@ -361,7 +361,7 @@ def test_an_alert_on_the_alerts_topic_protects_its_clean_snapshot(tmp_path: Path
 
     from confluent_kafka import Producer
 
-    from corestate.maintenance.forget import load_protected
+    from corestate.repository.protected import load_protected
     from corestate.schemas.codec import encode
     from corestate.schemas.events import Alert
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from corestate.errors import PermanentError
-from corestate.maintenance.forget import (Decision, Policy, apply_policy, forget, is_protected,
-                                          load_protected, plan)
+from corestate.maintenance.forget import Decision, Policy, apply_policy, forget, plan
+from corestate.repository.protected import is_protected, load_protected
 from corestate.repository.backend import Kind
 from corestate.repository.snapshot import Snapshot
 from tests.maintenance.scenario import (RESTIC, file_names, new_repo, reopen, restic_json,

@@ -79,6 +79,7 @@ def test_sample_reads_head_and_middle_only(tmp_path):
     assert s is not None and s.size == 20 * 2**20 + 1
     assert len(s) == 2 * 65536
     assert s.head == b"H" * 65536 and s.middle == b"M" * 65536
+    assert s.tail is not None and len(s.tail) == 4096 and s.tail.endswith(b"\0T")
     assert read_sample(os.fsencode(tmp_path)) is None  # not a regular file
     assert read_sample(os.fsencode(tmp_path / "gone")) is None
 
@@ -172,6 +173,48 @@ def test_header_only_encryption_is_a_magic_change(tmp_path):
     assert x["type_change_share"] == 1.0 and x["mismatch_share"] == 1.0
     assert x["entropy_gain"] > 3.0  # measured on the first 4 KiB
     assert x["similarity_loss"] < 0.8  # the rest is untouched: not a full replacement
+
+
+def jpeg(body: bytes) -> bytes:
+    return b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + body + b"\xff\xd9"
+
+
+def test_encryption_that_keeps_the_header_breaks_the_end_marker(tmp_path):
+    small = write(tmp_path / "a.jpg", jpeg(os.urandom(40000)))
+    big = write(tmp_path / "b.jpg", jpeg(os.urandom(300000)))  # tail read on its own
+    saved = write(tmp_path / "c.jpg", jpeg(os.urandom(50000)))
+    fx = extractor(tmp_path)
+    for p in (small, big):  # the first 16 bytes kept, the rest encrypted: still sniffs as JPEG
+        data = open(p, "rb").read()
+        open(p, "r+b").write(data[:16] + os.urandom(len(data) - 16))
+    write(tmp_path / "c.jpg", jpeg(os.urandom(60000)))  # re-saved: a new JPEG, intact
+    w = fx.observe(modified(small, big, saved), now=10.0)
+    assert {p for p, e in w.evidence.items() if e.broken} == {small, big}
+    assert w.evidence[small].ftype == "jpeg" and w.evidence[small].type_changed
+    assert not w.evidence[saved].type_changed and not w.evidence[saved].opaque
+    assert w.features()["opaque_share"] == pytest.approx(2 / 3)
+
+
+def test_a_shorter_rewrite_without_its_end_marker_is_not_broken(tmp_path):
+    p = write(tmp_path / "a.jpg", jpeg(os.urandom(40000)))
+    fx = extractor(tmp_path)
+    write(tmp_path / "a.jpg", jpeg(os.urandom(40000))[:20000])  # still being written
+    ev = fx.observe(modified(p), now=10.0).evidence[p]
+    assert not ev.broken and not ev.type_changed
+
+
+def test_the_latest_batch_alone_is_not_diluted_by_the_window(tmp_path):
+    photo = write(tmp_path / "a.jpg", jpeg(os.urandom(40000)))
+    txt = write(tmp_path / "notes.txt", text(40000))
+    fx = extractor(tmp_path)
+    write(tmp_path / "a.jpg", jpeg(os.urandom(40000)))  # re-saved
+    fx.observe(modified(photo), now=10.0)
+    write(tmp_path / "notes.txt", os.urandom(40000))
+    w = fx.observe(modified(txt), now=10.1)
+    assert w.latest == {txt}
+    assert w.features()["type_change_share"] == 0.5
+    alone = w.features(w.latest)
+    assert alone["type_change_share"] == 1.0 and alone["write_rate"] < w.features()["write_rate"]
 
 
 def test_rename_to_a_new_extension_is_counted_and_compared_with_the_source(tmp_path):

@@ -4,15 +4,16 @@ nothing (not even after a release), other events are ignored."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from corestate.connectors.url import open_backend
-from corestate.maintenance.forget import load_protected
-from corestate.models.alerts import AlertLedger
-from corestate.pipeline.guard import AlertGuard, alert_id
+from corestate.pipeline.guard import AlertGuard
+from corestate.repository.alerts import AlertLedger, alert_id
+from corestate.repository.protected import load_protected
 from corestate.repository.repository import Repository
 from corestate.schemas.codec import decode, encode
 from corestate.schemas.events import Alert, AlertFeature, SnapshotCommitted
@@ -58,6 +59,20 @@ def test_replays_are_idempotent_and_do_not_undo_a_release(repo: Repository) -> N
     list(guard.handle(0, next(POS), ev))  # the worker restarted and replays the topic
     assert load_protected(repo) == []
     assert AlertLedger(repo).load()[0].released
+
+
+def test_an_alert_published_again_grown_updates_its_entry_and_keeps_its_flags(repo: Repository) -> None:
+    guard = AlertGuard(repo)
+    ev = event("ab" * 32)
+    list(guard.handle(0, next(POS), ev))
+    AlertLedger(repo).ack(alert_id(ev))
+    grown = replace(ev, score=0.995, paths=(*ev.paths, b"/srv/docs/b.pdf"))
+    list(guard.handle(0, next(POS), grown))  # the agent's episode grew: same host and time
+    list(guard.handle(0, next(POS), ev))  # a replay of the first event changes nothing
+    (recorded,) = AlertLedger(repo).load()
+    assert recorded.id == alert_id(ev) and recorded.score == 0.995 and recorded.acked
+    assert recorded.paths[-1] == "/srv/docs/b.pdf" and len(recorded.paths) == 3
+    assert guard.guarded == 1
 
 
 def test_two_alerts_of_one_snapshot_and_an_alert_without_one(repo: Repository) -> None:

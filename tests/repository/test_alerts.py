@@ -8,8 +8,8 @@ import pytest
 
 from corestate.connectors.url import open_backend
 from corestate.errors import NotFoundError
-from corestate.maintenance.forget import load_protected
-from corestate.models.alerts import Alert, AlertLedger, append_line
+from corestate.repository.alerts import Alert, AlertLedger, append_line
+from corestate.repository.protected import load_protected
 from corestate.repository.repository import Repository
 from corestate.schemas import events
 
@@ -42,6 +42,21 @@ def test_recording_protects_the_clean_snapshot_and_release_unprotects_it(repo):
     _, unprotected = ledger.release(b.id)
     assert unprotected and load_protected(repo) == ["manual00"]
     assert all(x.released and x.acked for x in ledger.load())
+
+
+def test_recording_a_grown_alert_again_keeps_its_flags_and_its_release(repo):
+    ledger = AlertLedger(repo)
+    a = alert("bbbb2222")
+    ledger.record(a)
+    ledger.release(a.id)
+    assert load_protected(repo) == []
+    a.paths.append("/home/a/y.pdf")  # the episode grew; the sentinel records it again
+    a.score = 0.995
+    recorded = ledger.record(a)
+    assert recorded.released and recorded.acked and load_protected(repo) == []
+    (stored,) = ledger.load()
+    assert stored.paths == ["/home/a/x.pdf", "/home/a/y.pdf"] and stored.score == 0.995
+    assert stored.released
 
 
 def test_unknown_alert_ids_are_reported(repo):

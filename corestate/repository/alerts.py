@@ -1,50 +1,66 @@
-"""Alerts and the repository state they keep: the alert ledger and the protection list.
+"""Alerts and the repository's record of them: the alert ledger.
 
 Terms:
 
 - *alert*: the detector judged a window of changes anomalous. It carries its ``id``
   (12 hex digits), ``time`` (seconds since the epoch; written as RFC 3339 UTC), the
   ``host``, the ``score`` and the ``threshold`` it crossed, a ``reason`` (the features
-  furthest above normal, see :mod:`corestate.models.detector`), those features' values
+  furthest above normal, as the detector explains them), those features' values
   (``top_features``), the affected ``paths``
   (most suspicious first) and ``clean_snapshot``: the last snapshot committed before the
   anomalous activity began, or None if there was none.
 - *alert line*: the alert as one JSON object, as ``corestate protect --alerts FILE``
   appends it (keys ``time``, ``host``, ``score``, ``reason``, ``paths``,
-  ``clean_snapshot``, plus ``id``, ``threshold``, ``top_features``). The same fields
-  make the Avro ``Alert`` event of distributed mode (:meth:`Alert.to_event`).
+  ``clean_snapshot``, plus ``id``, ``threshold``, ``top_features``). An alert whose
+  episode grows (more paths, a higher score) is appended again with the same ``id``:
+  the last line of an id is the alert as it stands. The same fields make the Avro
+  ``Alert`` event of distributed mode (:meth:`Alert.to_event`); an event's alert id is
+  derived from its host and time (:func:`alert_id`), so a replayed or re-published event
+  names the same alert.
 - *ledger*: every alert of a repository, in the sidecar file ``corestate/alerts`` (a
   JSON list of alert objects, with ``acked`` and ``released`` flags). A person *acks* an
-  alert (seen) and *releases* it (the clean snapshot may be forgotten again).
-- *protection list*: the sidecar ``corestate/protected`` that forget and prune honour
-  (:mod:`corestate.maintenance.forget` reads it; written here the same way: a JSON list
-  of snapshot ids). An alert's clean snapshot is on it from the moment the alert is
-  recorded until every alert naming that snapshot is released. Entries put there by
-  anything else are left alone.
+  alert (seen) and *releases* it (the clean snapshot may be forgotten again). Recording
+  an alert that is already there replaces its fields and keeps its flags.
+- An alert's clean snapshot is on the protection list
+  (:mod:`corestate.repository.protected`) from the moment the alert is recorded until
+  every alert naming that snapshot is released. Entries put there by anything else are
+  left alone.
 
 Writers read, change and write a whole sidecar file; the ledger's flags only ever go
 from false to true. Protecting takes the repository's shared lock, so it never
 interleaves with a forget or prune (which hold the exclusive lock): either forget runs
 first and the snapshot may be gone (the alert then says so), or the protection is in place
 before forget reads the list.
+
+>>> from datetime import datetime, timezone
+>>> alert_id(events.Alert(time=datetime(2024, 5, 1, tzinfo=timezone.utc), host="h1",
+...                       score=0.99, reason="opaque_share +19.0σ"))
+'2237201255a1'
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 import orjson
 
 from corestate.errors import NotFoundError, PermanentError
-from corestate.maintenance.forget import PROTECTED_SIDECAR, load_protected
+from corestate.repository.protected import load_protected, save_protected
 from corestate.repository.repository import Repository
 from corestate.schemas import events
 
 ALERTS_SIDECAR = "alerts"
+
+
+def alert_id(event: events.Alert) -> str:
+    """The ledger id of an alert event: its host and time, so stable across replays."""
+    key = f"{event.host}\0{event.time.isoformat()}".encode("utf-8")
+    return hashlib.sha256(key).hexdigest()[:12]
 
 
 @dataclass
@@ -90,22 +106,39 @@ class Alert:
                             clean_snapshot=self.clean_snapshot)
 
     @classmethod
+    def from_event(cls, event: events.Alert) -> Alert:
+        """The alert an ``Alert`` event carries, under its :func:`alert_id` (paths not
+        UTF-8 shown with ``\\x`` escapes, so the ledger stays JSON)."""
+        return cls(time=event.time.timestamp(), host=event.host, score=event.score,
+                   threshold=0.0, reason=event.reason,
+                   paths=[p.decode("utf-8", "backslashreplace") for p in event.paths],
+                   clean_snapshot=event.clean_snapshot,
+                   top_features=[(f.name, f.value) for f in event.top_features],
+                   id=alert_id(event))
+
+    @classmethod
     def from_json(cls, doc: dict[str, object]) -> Alert:
         t = doc["time"]
         when = (datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
-                if isinstance(t, str) else float(t))  # type: ignore[arg-type]
+                if isinstance(t, str) else _number(t))
         paths = doc.get("paths") or []
         clean = doc.get("clean_snapshot")
         tops = doc.get("top_features") or []
-        top = [(str(f["name"]), float(f["value"])) for f in tops
+        top = [(str(f["name"]), _number(f["value"])) for f in tops
                if isinstance(f, dict)] if isinstance(tops, list) else []
-        return cls(time=when, host=str(doc.get("host", "")), score=float(doc["score"]),  # type: ignore[arg-type]
-                   threshold=float(doc.get("threshold", 0.0)),  # type: ignore[arg-type]
+        return cls(time=when, host=str(doc.get("host", "")), score=_number(doc["score"]),
+                   threshold=_number(doc.get("threshold", 0.0)),
                    reason=str(doc.get("reason", "")),
                    paths=[str(p) for p in paths] if isinstance(paths, list) else [],
                    clean_snapshot=str(clean) if clean else None, top_features=top,
                    id=str(doc["id"]),
                    acked=bool(doc.get("acked")), released=bool(doc.get("released")))
+
+
+def _number(value: object) -> float:
+    if not isinstance(value, (int, float, str)):
+        raise PermanentError(f"the alert ledger holds {value!r} where a number belongs")
+    return float(value)
 
 
 def append_line(path: str | os.PathLike[str], alert: Alert) -> None:
@@ -117,7 +150,8 @@ def append_line(path: str | os.PathLike[str], alert: Alert) -> None:
 
 
 class AlertLedger:
-    """The alerts sidecar and the protection list of one repository."""
+    """The alerts sidecar of one repository, and the protection of the snapshots its
+    alerts name."""
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
@@ -145,21 +179,25 @@ class AlertLedger:
     def protected(self) -> list[str]:
         return load_protected(self.repo)
 
-    def _save_protected(self, ids: list[str]) -> None:
-        self.repo.save_sidecar(PROTECTED_SIDECAR, orjson.dumps(ids))
-
-    def record(self, alert: Alert) -> None:
-        """Protect the alert's clean snapshot, then add (or update) the alert in the ledger.
+    def record(self, alert: Alert) -> Alert:
+        """Add the alert to the ledger, or update the entry with its id (whose acked and
+        released flags are kept); protect its clean snapshot unless it is released.
+        Returns the alert as recorded.
 
         Raises :class:`~corestate.errors.RepositoryLockedError` while a forget or prune
         holds the exclusive lock; the caller retries later."""
         with self.repo.locked(exclusive=False):
+            alerts = self.load()
+            for old in alerts:
+                if old.id == alert.id:
+                    alert = replace(alert, acked=alert.acked or old.acked,
+                                    released=alert.released or old.released)
             if alert.clean_snapshot and not alert.released:
                 ids = self.protected()
                 if alert.clean_snapshot not in ids:
-                    self._save_protected([*ids, alert.clean_snapshot])
-            alerts = [a for a in self.load() if a.id != alert.id]
-            self._save([*alerts, alert])
+                    save_protected(self.repo, [*ids, alert.clean_snapshot])
+            self._save([*(a for a in alerts if a.id != alert.id), alert])
+            return alert
 
     def find(self, prefix: str) -> Alert:
         matches = [a for a in self.load() if a.id.startswith(prefix.lower())]
@@ -197,5 +235,5 @@ class AlertLedger:
         ids = self.protected()
         if snap not in ids:
             return target, False
-        self._save_protected([i for i in ids if i != snap])
+        save_protected(self.repo, [i for i in ids if i != snap])
         return target, True
