@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +65,29 @@ class Cluster:
                                          "--repo", str(repo), "--prefix", self.prefix,
                                          *(("--roles", roles) if roles else ())),
                                 stdout=out, stderr=out, env=self.env(), cwd=ROOT)
+
+    def commits(self, want: set[str], timeout: float = 240) -> dict[str, Any]:
+        """The SnapshotCommitted events of the runs ``want`` (by snapshot id), waiting for
+        all of them; read without a consumer group (no join to wait for), from the start."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from corestate.schemas.codec import decode
+        from corestate.schemas.events import SnapshotCommitted
+
+        c = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
+                      "enable.auto.commit": "false"})
+        c.assign([TopicPartition(f"{self.prefix}.snapshots", 0, OFFSET_BEGINNING)])
+        found: dict[str, Any] = {}
+        deadline = time.monotonic() + timeout
+        try:
+            while not want <= set(found) and time.monotonic() < deadline:
+                msg = c.poll(0.5)
+                if msg is not None and not msg.error():
+                    event = decode(msg.value(), SnapshotCommitted)
+                    found[event.snapshot_id] = event
+        finally:
+            c.close()
+        return found
 
     def consume(self, suffix: str, count: int, timeout: float = 120) -> list[tuple[bytes | None, bytes]]:
         """The first ``count`` records of ``<prefix>.<suffix>`` (key, value), waiting for them."""

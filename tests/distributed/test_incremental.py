@@ -64,12 +64,8 @@ class WatchingAgent:
 
 def commits(cluster: Cluster, want: set[str], timeout: float = 120.0) -> dict[str, SnapshotCommitted]:
     """The SnapshotCommitted events of the runs ``want``, waiting for all of them."""
-    deadline = time.monotonic() + timeout
-    found: dict[str, SnapshotCommitted] = {}
-    while not want <= set(found):
-        assert time.monotonic() < deadline, f"committed {sorted(found)}, want {sorted(want)}"
-        records = cluster.consume("snapshots", 10_000, timeout=2)
-        found = {e.snapshot_id: e for e in (decode(v, SnapshotCommitted) for _, v in records)}
+    found = cluster.commits(want, timeout)
+    assert want <= set(found), f"committed {sorted(found)}, want {sorted(want)}"
     return found
 
 

@@ -33,8 +33,6 @@ from pathlib import Path
 
 import pytest
 
-from corestate.schemas.codec import decode
-from corestate.schemas.events import SnapshotCommitted
 from tests.conftest import restored_root, run_corestate, run_restic, tree_manifest
 from tests.distributed.conftest import Cluster, stop
 
@@ -113,16 +111,6 @@ class Workers:
             stop(proc)
 
 
-def wait_commit(cluster: Cluster, snapshot_id: str, timeout: float) -> SnapshotCommitted | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for _, value in cluster.consume("snapshots", 10_000, timeout=2):
-            event = decode(value, SnapshotCommitted)
-            if event.snapshot_id == snapshot_id:
-                return event
-    return None
-
-
 def publish(cluster: Cluster, src: Path, report: Report) -> str:
     """The agent's run id, once the agent has published (retried after a broker restart)."""
     for attempt in range(5):
@@ -171,7 +159,7 @@ def one_run(cluster: Cluster, root: Path, rng: random.Random, report: Report,
                 report.broker_restarts += 1
         if not any(p.poll() is None for p in workers.procs):
             workers.start()
-        event = wait_commit(cluster, snapshot_id, COMMIT_TIMEOUT)
+        event = cluster.commits({snapshot_id}, COMMIT_TIMEOUT).get(snapshot_id)
     finally:
         workers.stop_all()
     report.runs += 1
