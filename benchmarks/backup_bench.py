@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians reported")
     ap.add_argument("--tools", default=",".join(TOOLS),
                     help=f"comma-separated, of {', '.join(TOOLS)} (default: all)")
-    ap.add_argument("--data", type=Path, default=HERE / ".data",
+    ap.add_argument("--data", type=Path, default=corpora.DATA,
                     help="where corpora are cached and runs happen (default: benchmarks/.data)")
     ap.add_argument("--out", type=Path, help="append the markdown sections to this file")
     ap.add_argument("--json", type=Path, help="write every round's raw numbers to this file")

@@ -37,6 +37,7 @@ SEED = 20240601
 VERSION = 2
 MIB = 1 << 20
 SCALES = ("tiny", "quick", "medium", "full")
+DATA = Path(__file__).resolve().parent / ".data"   # git-ignored
 
 
 def iter_files(root: Path) -> list[Path]:
@@ -180,7 +181,7 @@ KINDS: dict[str, tuple[Callable[[str], dict[str, Any]], Callable[[Path, dict[str
 }
 
 
-def ensure(kind: str, scale: str, data: Path) -> tuple[Path, dict[str, Any]]:
+def ensure(kind: str, scale: str, data: Path = DATA) -> tuple[Path, dict[str, Any]]:
     """The pristine corpus and its marker info; generated unless cached with these parameters."""
     make_params, generate = KINDS[kind]
     params = {"kind": kind, "scale": scale, "seed": SEED, "v": VERSION, **make_params(scale)}
