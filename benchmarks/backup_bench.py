@@ -394,7 +394,7 @@ def render_table(results: dict[str, ToolResult]) -> str:
         subject = vals.get(SUBJECT)
         ratio = subject / ref[1] if subject is not None and ref and ref[1] else None
         limit = TARGETS.get(key)
-        row.append(f"{TOOLS[ref[0]].label} {_fmt(ref[1], key)}" if ref else "—")
+        row.append(f"{TOOLS[ref[0]].label}: {_fmt(ref[1], key)}" if ref else "—")
         row.append(f"{ratio:.2f}×" if ratio is not None else "—")
         row.append(f"≤ {limit}×" if limit is not None else "—")
         row.append("—" if limit is None else "n/a" if ratio is None

@@ -73,7 +73,7 @@ def test_every_peer_phase_and_ratio_column(tmp_path: Path) -> None:
             ratio = float(body[row]["corestate ÷ reference"].rstrip("×"))
             assert body[row]["target"] == f"≤ {limit}×"
             assert body[row]["met?"] == ("✅ met" if ratio <= limit else "❌ missed")
-    assert body[backup_bench.MEMORY]["reference"].startswith("restic 0.14 ")
+    assert body[backup_bench.MEMORY]["reference"].startswith("restic 0.14: ")
     raw = json.loads((tmp_path / "raw.json").read_text())["corpora"]["flat"]
     corestate = raw["tools"]["corestate"]["rounds"][0]
     assert list(corestate) == list(backup_bench.PHASES)
