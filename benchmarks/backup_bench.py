@@ -480,7 +480,6 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
             "command": shlex.join(["python", *sys.argv] if argv is None else
                                   ["python", "benchmarks/backup_bench.py", *argv])}
-    sections: list[str] = []
     raw: dict[str, Any] = {"meta": meta, "corpora": {}}
     ok = True
     for kind in kinds:
@@ -494,19 +493,19 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep:
                 shutil.rmtree(run_dir, ignore_errors=True)
         ok &= all(r.failure is None for r in results.values())
-        sections.append(render_section(kind, args.scale, info, results, meta, args.rounds,
-                                       (load_start, loadavg())))
+        # each corpus is reported as soon as it is done: a long run stopped later keeps it
+        section = render_section(kind, args.scale, info, results, meta, args.rounds,
+                                 (load_start, loadavg()))
+        print(section, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write("\n" + section)
         raw["corpora"][kind] = {"scale": args.scale, "corpus": info, "tools": {
             t: {**{k: v for k, v in asdict(r).items() if k != "rounds"},
                 "rounds": [{p: asdict(m) for p, m in rd.items()} for rd in r.rounds]}
             for t, r in results.items()}}
-    text = "\n".join(sections)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
-    if args.json:
-        args.json.write_text(json.dumps(raw, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(raw, indent=1))
     if not ok:
         print("backup_bench: at least one tool failed or a restore did not match the source",
               file=sys.stderr)
