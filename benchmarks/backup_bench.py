@@ -404,9 +404,10 @@ def render_table(results: dict[str, ToolResult]) -> str:
 
 
 def render_detail(results: dict[str, ToolResult]) -> str:
-    """CPU seconds and peak memory per phase (medians), the process count at the peak."""
+    """CPU seconds and peak memory per phase (medians), the most processes at once, and the
+    range of wall times over the rounds."""
     present = [t for t, r in results.items() if _absent_cell(r) is None]
-    head = ["Phase"] + [f"{TOOLS[t].label} CPU s / peak MiB" for t in present]
+    head = ["Phase"] + [f"{TOOLS[t].label} CPU s / peak MiB; wall range" for t in present]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for phase, title in PHASES.items():
         row = [title]
@@ -414,8 +415,10 @@ def render_detail(results: dict[str, ToolResult]) -> str:
             r = results[t]
             cpu, mem = r.median(phase, "cpu_s"), r.median(phase, "peak_mib")
             procs = max((rd[phase].processes for rd in r.rounds if phase in rd), default=0)
+            walls = [rd[phase].wall_s for rd in r.rounds if phase in rd and not rd[phase].error]
+            spread = f"; wall {min(walls):.2f}–{max(walls):.2f}" if len(walls) > 1 else ""
             row.append("—" if cpu is None or mem is None else
-                       f"{cpu:.2f} / {mem:.0f}" + (f" ({procs} proc)" if procs > 1 else ""))
+                       f"{cpu:.2f} / {mem:.0f}" + (f" ({procs} proc)" if procs > 1 else "") + spread)
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
