@@ -1,40 +1,43 @@
-"""Side-by-side backup benchmark: corestate vs restic vs borg on the same data.
+"""Side-by-side backup benchmark: corestate against restic 0.14, restic 0.18.1, rustic and borg.
 
 What is measured, and why
 -------------------------
-Each tool runs the same four phases against the same corpus, in the same order:
+Every tool runs the same phases against the same corpus (``corpora.py``):
 
-1. ``backup1`` -- first backup into a fresh repository (``init`` is run but not
-   timed): raw chunking/hashing/compression/encryption/upload throughput.
-2. ``backup2`` -- unchanged re-backup: cost of change detection (files cache /
+1. ``init`` -- create an empty repository (key derivation, config).
+2. ``backup1`` -- first backup: chunking, hashing, compression, encryption, writing.
+3. ``backup2`` -- unchanged re-backup: the cost of change detection (files cache or
    parent snapshot), which dominates day-to-day backups.
-3. ``backup3`` -- backup after ~1% of the files were modified in place (seeded,
-   deterministic: bytes appended or overwritten, mtime touched): incremental cost
-   and how much new data the repository grows by.
-4. ``restore`` -- full restore of the latest snapshot into an empty directory,
-   then verification that the restored tree equals the source byte for byte
-   (file list + sha256 of every file); a mismatch fails the run loudly.
+4. ``backup3`` -- backup after ~1% of the files were modified in place (seeded: the
+   same files change the same way for every tool and round).
+5. ``restore`` -- full restore of the latest snapshot into an empty directory, then a
+   check that the restored tree equals the source (file list and sha256 of every
+   file); a mismatch fails the run.
 
-For every phase the tool is a ``subprocess.Popen`` child reaped with
-``os.wait4``, which yields its own rusage: wall time (perf_counter around the
-child), CPU time (ru_utime + ru_stime, user+sys, including any threads) and peak
-RSS (ru_maxrss, KiB -> MiB). After each backup phase the repository directory's
-on-disk size (``du``: allocated blocks, hard links counted once) is recorded.
+A *round* runs every tool once through all phases, one tool after another; rounds are
+interleaved (round 1: A B C, round 2: B C A, ...) so drift in the machine's load hits
+every tool alike, and each figure reported is the *median* over the rounds.
 
-Fairness: every tool gets a fresh copy of the pristine corpus at the *same*
-absolute path (so snapshot paths are identical), the copy is synced and read
-once before the first backup, so the page cache is warm for every tool (dropping
-caches is not reliably possible here). Each tool gets fresh, empty cache/config
-directories (XDG_CACHE_HOME / XDG_CONFIG_HOME), so no state leaks between runs.
-Every figure is also reported as a ratio to restic's, with corestate's targets.
+For each phase: wall time (perf_counter around the child), CPU time (user+sys from
+``wait4``, which covers every descendant the tool waited for) and *peak memory*: the
+largest sum of resident sets over the tool's whole process tree during the phase
+(``proctree.py``; corestate runs worker processes). After each backup the repository's
+allocated size (``du``, hard links once) is recorded.
+
+Each corestate figure is compared with the *best peer* in that phase (the fastest for
+times, the smallest repository), except peak memory, which is compared with restic
+0.14, against the targets of issue 10 (``TARGETS``). A peer whose binary is absent
+(restic 0.18.1 and rustic are built by ``benchmarks/peers.sh``) is left out and the
+table says so.
+
+Fairness: every tool backs up a fresh ``cp -a`` of the pristine corpus at the same
+absolute path, synced and read once just before (page cache warm for all); every tool
+gets empty cache and config directories (XDG_CACHE_HOME, XDG_CONFIG_HOME) each round.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import datetime
-import gc
 import hashlib
 import json
 import os
@@ -43,6 +46,7 @@ import random
 import shlex
 import shutil
 import stat
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,109 +56,118 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import corpora  # beside this script: on sys.path when run as one
+from proctree import PeakSampler
+
 HERE = Path(__file__).resolve().parent
-DATA = HERE / ".data"
+PEERS = Path(os.environ.get("PEERS_DIR", HERE / ".peers")) / "bin"
 PASSWORD = "bench"
-SEED = 20240601
-CORPUS_VERSION = 1
-PHASES: dict[str, str] = {"backup1": "first backup", "backup2": "unchanged re-backup",
-                          "backup3": "backup after 1% changed", "restore": "full restore"}
-# (phase or "max", metric, limit): corestate/restic must be <= limit.
-TARGETS: list[tuple[str, str, float]] = [("backup1", "wall", 0.4), ("backup2", "wall", 0.5),
-                                         ("restore", "wall", 1.0), ("max", "rss", 1.0),
-                                         ("backup3", "repo", 1.0)]
+PHASES: dict[str, str] = {"init": "init", "backup1": "first backup",
+                          "backup2": "unchanged re-backup", "backup3": "backup after 1% changed",
+                          "restore": "full restore"}
+MEMORY, REPO = "peak memory MiB (sum over processes, max of phases)", "repository MiB after the 1%-changed backup"
+SUBJECT = "corestate"
+MEMORY_BASE = "restic-0.14"
+# row -> limit on corestate ÷ best peer (memory: ÷ restic 0.14)
+TARGETS: dict[str, float] = {"backup1": 0.5, "backup2": 0.7, "backup3": 0.7, "restore": 0.7,
+                             MEMORY: 1.0, REPO: 1.0}
 MIB = 1 << 20
-
-
-def _corestate() -> list[str]:
-    exe = shutil.which("corestate")
-    return [exe] if exe else [sys.executable, "-m", "corestate.cli.main"]
 
 
 @dataclass(frozen=True)
 class Tool:
-    """How to drive one backup tool; argv builders get (repo, source|target, snapshot no)."""
+    """How to drive one backup tool; argv builders get (exe, repo, source|target, snapshot no)."""
+    label: str
+    find: Callable[[], str | None]       # the executable, or None when absent
+    absent_hint: str
     env: dict[str, str]
-    version: Callable[[], list[str]]
-    init: Callable[[Path], list[str]]
-    backup: Callable[[Path, Path, int], list[str]]
-    restore: Callable[[Path, Path, int], list[str]]
-    restore_in_target: bool = False  # run restore with cwd=target (borg extract)
+    version: Callable[[str], list[str]]
+    init: Callable[[str, Path], list[str]]
+    backup: Callable[[str, Path, Path, int], list[str]]
+    restore: Callable[[str, Path, Path, int], list[str]]
+    restore_in_target: bool = False      # run restore with cwd=target (borg extract)
+
+
+def _executable(path: Path) -> Callable[[], str | None]:
+    return lambda: str(path) if os.access(path, os.X_OK) else None
+
+
+def _restic(label: str, path: Path, hint: str) -> Tool:
+    return Tool(
+        label=label, find=_executable(path), absent_hint=hint,
+        env={"RESTIC_PASSWORD": PASSWORD},
+        version=lambda x: [x, "version"],
+        init=lambda x, r: [x, "init", "--repo", str(r)],
+        backup=lambda x, r, s, n: [x, "backup", "--repo", str(r), "--host", "bench", str(s)],
+        restore=lambda x, r, t, n: [x, "restore", "latest", "--repo", str(r), "--target", str(t)])
 
 
 TOOLS: dict[str, Tool] = {
-    "restic": Tool(
-        env={"RESTIC_PASSWORD": PASSWORD},
-        version=lambda: ["restic", "version"],
-        init=lambda r: ["restic", "init", "--repo", str(r)],
-        backup=lambda r, s, n: ["restic", "backup", "--repo", str(r), "--host", "bench", str(s)],
-        restore=lambda r, t, n: ["restic", "restore", "latest", "--repo", str(r), "--target", str(t)]),
-    "corestate": Tool(
-        env={"CORESTATE_PASSWORD": PASSWORD},
-        version=lambda: [*_corestate(), "--version"],
-        init=lambda r: [*_corestate(), "init", "--repo", str(r)],
-        backup=lambda r, s, n: [*_corestate(), "backup", "--repo", str(r), str(s)],
-        restore=lambda r, t, n: [*_corestate(), "restore", "latest", "--repo", str(r), "--target", str(t)]),
+    "restic-0.14": _restic("restic 0.14", Path("/usr/bin/restic"), "apt-get install restic"),
+    "restic-0.18": _restic("restic 0.18.1", PEERS / "restic", "run benchmarks/peers.sh restic"),
+    "rustic": Tool(
+        label="rustic", find=_executable(PEERS / "rustic"),
+        absent_hint="run benchmarks/peers.sh rustic (about 15 minutes)",
+        env={"RUSTIC_PASSWORD": PASSWORD, "RUSTIC_NO_PROGRESS": "true"},
+        version=lambda x: [x, "--version"],
+        init=lambda x, r: [x, "--no-progress", "-r", str(r), "init"],
+        backup=lambda x, r, s, n: [x, "--no-progress", "-r", str(r), "backup", "--host", "bench", str(s)],
+        restore=lambda x, r, t, n: [x, "--no-progress", "-r", str(r), "restore", "latest", str(t)]),
     "borg": Tool(
+        label="borg", find=lambda: shutil.which("borg"), absent_hint="apt-get install borgbackup",
         env={"BORG_PASSPHRASE": PASSWORD, "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
              "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"},
-        version=lambda: ["borg", "--version"],
-        init=lambda r: ["borg", "init", "-e", "repokey-blake2", str(r)],
-        backup=lambda r, s, n: ["borg", "create", "--compression", "zstd,3", f"{r}::snap{n}", str(s)],
-        restore=lambda r, t, n: ["borg", "extract", f"{r}::snap{n}"],
+        version=lambda x: [x, "--version"],
+        init=lambda x, r: [x, "init", "-e", "repokey-blake2", str(r)],
+        backup=lambda x, r, s, n: [x, "create", "--compression", "zstd,3", f"{r}::snap{n}", str(s)],
+        restore=lambda x, r, t, n: [x, "extract", f"{r}::snap{n}"],
         restore_in_target=True),
+    SUBJECT: Tool(
+        label="corestate", find=lambda: sys.executable, absent_hint="",
+        env={"CORESTATE_PASSWORD": PASSWORD},
+        version=lambda x: [x, "-m", "corestate", "--version"],
+        init=lambda x, r: [x, "-m", "corestate", "init", "--repo", str(r)],
+        backup=lambda x, r, s, n: [x, "-m", "corestate", "backup", "--repo", str(r), "--host", "bench",
+                                   str(s)],
+        restore=lambda x, r, t, n: [x, "-m", "corestate", "restore", "latest", "--repo", str(r),
+                                    "--target", str(t)]),
 }
-BASELINE = "restic"
 
 
 @dataclass
 class Measurement:
-    argv: list[str]
     rc: int
     wall_s: float
-    user_s: float
-    sys_s: float
-    maxrss_mib: float
+    cpu_s: float
+    peak_mib: float
+    processes: int = 1                  # most processes seen at once in the tree
     error: str | None = None
     repo_mib: float | None = None
 
-    @property
-    def cpu_s(self) -> float:
-        return self.user_s + self.sys_s
-
-
-def reset_peak_rss() -> None:
-    """Shrink our RSS (gc, malloc_trim) and reset our VmHWM to it (clear_refs "5").
-
-    A child's ru_maxrss starts at the parent's peak (exec records the vforked-from address
-    space's high-water mark), so this bounds that floor by our *current* RSS, ~20-25 MiB;
-    the report states the floor (ru_maxrss of `true`)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
 
 def measure_child(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> Measurement:
-    """Run argv to completion; wall time, and rusage of exactly this child via wait4."""
+    """Run argv to completion: wall time, CPU time of the child and all it waited for
+    (wait4), peak summed RSS of its process tree (sampled until it exits, before reaping)."""
     os.sync()   # earlier writes (copies, previous phases) must not be flushed on our clock
-    reset_peak_rss()
     with open(log.with_suffix(".out"), "wb") as out, open(log.with_suffix(".err"), "wb") as err:
         t0 = time.perf_counter()
         try:
             proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=err)
         except OSError as exc:
-            return Measurement(argv, 127, 0.0, 0.0, 0.0, 0.0, f"cannot start: {exc}")
-        _, status, ru = os.wait4(proc.pid, 0)
+            return Measurement(127, 0.0, 0.0, 0.0, error=f"cannot start: {exc}")
+        sampler = PeakSampler(proc.pid).start()
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)   # exited, not yet reaped
         wall = time.perf_counter() - t0
+        sampler.stop()
+        _, status, ru = os.wait4(proc.pid, 0)
     proc.returncode = rc = os.waitstatus_to_exitcode(status)
     error = None
     if rc != 0:
         lines = log.with_suffix(".err").read_text(errors="replace").strip().splitlines()
         error = f"exit {rc}: {lines[-1].strip() if lines else '(no stderr)'}"
-    return Measurement(argv, rc, wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss / 1024, error)
+    return Measurement(rc, wall, ru.ru_utime + ru.ru_stime, sampler.peak_mib, sampler.max_processes,
+                       error)
 
 
 def du_mib(path: Path) -> float:
@@ -168,16 +181,6 @@ def du_mib(path: Path) -> float:
                 seen.add((st.st_dev, st.st_ino))
                 total += st.st_blocks * 512
     return total / MIB
-
-
-def iter_files(root: Path) -> list[Path]:
-    """All regular files below root, sorted (deterministic)."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        found.extend(Path(dirpath, f) for f in sorted(filenames)
-                     if stat.S_ISREG(os.lstat(os.path.join(dirpath, f)).st_mode))
-    return found
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -208,119 +211,9 @@ def compare_trees(expected: dict[str, str], actual: dict[str, str]) -> str | Non
     return "restore verification FAILED: " + "; ".join(parts)
 
 
-
-def _text(rng: random.Random, vocab: list[str], size: int) -> bytes:
-    words = rng.choices(vocab, k=size // 5 + 16)
-    lines = (" ".join(words[i:i + 12]) for i in range(0, len(words), 12))
-    return "\n".join(lines).encode()[:size]
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def _randbytes(rng: random.Random, size: int) -> bytes:
-    return b"".join(rng.randbytes(min(MIB, size - o)) for o in range(0, size, MIB))
-
-
-def mixed_params(quick: bool) -> dict[str, Any]:
-    sizes = (12, 8, 12, 3000, 8) if quick else (200, 100, 200, 20000, 200)   # ~61 MiB / ~1 GB
-    keys = ("text_mib", "bin_mib", "random_mib", "small_files", "big_mib")
-    return {"kind": "mixed", "seed": SEED, "v": CORPUS_VERSION, "big_count": 2,
-            **dict(zip(keys, sizes, strict=True))}
-
-
-def generate_mixed(root: Path, p: dict[str, Any]) -> None:
-    """Seeded mix: compressible text, ELF binaries, random data, small files, big files."""
-    rng = random.Random(p["seed"])
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = ["".join(rng.choices(letters, k=rng.randint(2, 10))) for _ in range(400)]
-    left, i = p["text_mib"] * MIB, 0
-    while left > 0:                      # text: 1 KiB .. 4 MiB, compressible
-        size = min(left, int(rng.lognormvariate(11, 1.6)) + 1024, 4 * MIB)
-        _write(root / "text" / f"t{i // 100:02d}" / f"doc{i:05d}.txt", _text(rng, vocab, size))
-        left, i = left - size, i + 1
-    left = p["bin_mib"] * MIB            # binaries: real ELF files, sorted walk
-    for src in iter_files(Path("/usr/bin")) + iter_files(Path("/usr/lib/x86_64-linux-gnu")):
-        size = src.stat().st_size
-        if left <= 0 or not 16 * 1024 <= size <= min(left, 32 * MIB):
-            continue
-        with open(src, "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                continue
-        dst = root / "bin" / src.relative_to("/usr")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
-        left -= size
-    left, i = p["random_mib"] * MIB, 0
-    while left > 0:                      # random: 64 KiB .. 16 MiB, incompressible
-        size = min(left, rng.randint(64 * 1024, 16 * MIB))
-        _write(root / "random" / f"r{i:04d}.bin", _randbytes(rng, size))
-        left, i = left - size, i + 1
-    for i in range(p["small_files"]):    # many small files, nested dirs
-        size = rng.randint(1024, 8192)
-        data = _text(rng, vocab, size) if rng.random() < 0.7 else rng.randbytes(size)
-        _write(root / "small" / f"d{i % 40:02d}" / f"e{i // 40 % 25:02d}" / f"f{i:06d}.dat", data)
-    pool = [rng.randbytes(MIB) for _ in range(8)]
-    for k in range(p["big_count"]):      # big files: repeated 1 MiB blocks at shifted offsets
-        parts: list[bytes] = [rng.randbytes(12345 * k)]
-        for _ in range(p["big_mib"]):
-            roll = rng.random()
-            parts.append(rng.choice(pool) if roll < 0.45 else
-                         _text(rng, vocab, MIB) if roll < 0.65 else rng.randbytes(MIB))
-        _write(root / "big" / f"big{k}.img", b"".join(parts)[:p["big_mib"] * MIB])
-
-
-def usr_params(quick: bool) -> dict[str, Any]:
-    return {"kind": "usr", "budget_mib": 100 if quick else 1536, "v": CORPUS_VERSION,
-            "shares": {"/usr/bin": 0.15, "/usr/lib": 0.55, "/usr/share": 0.30}}
-
-
-def generate_usr(root: Path, p: dict[str, Any]) -> None:
-    """Real files from /usr: regular files only, sorted walk, per-root share of the budget."""
-    carry = 0
-    for top, share in p["shares"].items():
-        left = int(p["budget_mib"] * MIB * share) + carry
-        for dirpath, dirnames, filenames in os.walk(top):   # followlinks=False
-            dirnames.sort()
-            for name in sorted(filenames):
-                src = os.path.join(dirpath, name)
-                st = os.lstat(src)
-                if not stat.S_ISREG(st.st_mode) or st.st_size > left:
-                    continue
-                dst = root / os.path.relpath(src, "/")
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
-                os.chmod(dst, stat.S_IMODE(st.st_mode) & 0o777)   # no setuid copies
-                left -= st.st_size
-            if left < 64 * 1024:
-                break
-        carry = max(left, 0)
-
-
-def ensure_corpus(kind: str, quick: bool) -> tuple[Path, dict[str, Any]]:
-    """Generate the pristine corpus unless a marker with the same parameters exists."""
-    params = mixed_params(quick) if kind == "mixed" else usr_params(quick)
-    name = f"corpus-{kind}{'-quick' if quick else ''}"
-    root, marker = DATA / name, DATA / f"{name}.json"
-    if marker.exists() and json.loads(marker.read_text()).get("params") == params and root.is_dir():
-        return root, json.loads(marker.read_text())
-    print(f"[{kind}] generating corpus in {root} ...", file=sys.stderr, flush=True)
-    marker.unlink(missing_ok=True)
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    (generate_mixed if kind == "mixed" else generate_usr)(root, params)
-    files = iter_files(root)
-    info = {"params": params, "files": len(files),
-            "mib": round(sum(f.stat().st_size for f in files) / MIB, 1)}
-    marker.write_text(json.dumps(info, indent=1))
-    return root, info
-
-
 def change_files(root: Path, seed: int, fraction: float = 0.01) -> dict[str, int]:
-    """Deterministically modify ~fraction of the files in place and touch their mtime."""
-    files = iter_files(root)
+    """Deterministically modify ~fraction of the files in place and move their mtime on."""
+    files = corpora.iter_files(root)
     rng = random.Random(seed)
     chosen = rng.sample(files, max(1, round(len(files) * fraction)))
     changed_bytes = 0
@@ -339,144 +232,194 @@ def change_files(root: Path, seed: int, fraction: float = 0.01) -> dict[str, int
     return {"files": len(chosen), "of": len(files), "bytes": changed_bytes}
 
 
-
 @dataclass
 class ToolResult:
-    version: str
-    phases: dict[str, Measurement] = field(default_factory=dict)
+    version: str                        # "absent (...)" when the binary is missing
+    rounds: list[dict[str, Measurement]] = field(default_factory=list)
     failure: str | None = None          # first failing phase: "phase: exit N: last stderr line"
-    verify: str | None = None           # "ok (N files)" or failure text
+    verify: str | None = None           # "ok (N files)" or failure text (last round)
     changed: dict[str, int] = field(default_factory=dict)
-    cache_mib: float | None = None
+
+    @property
+    def absent(self) -> bool:
+        return self.version.startswith("absent")
+
+    def median(self, phase: str, metric: str) -> float | None:
+        values = [getattr(r[phase], metric) for r in self.rounds
+                  if phase in r and not r[phase].error and getattr(r[phase], metric) is not None]
+        return statistics.median(values) if values else None
+
+    def peak_memory(self) -> float | None:
+        """Median over rounds of the largest peak of any phase."""
+        values = [max(m.peak_mib for m in r.values()) for r in self.rounds
+                  if r and not any(m.error for m in r.values())]
+        return statistics.median(values) if values else None
 
 
 def tool_version(tool: Tool) -> str:
+    exe = tool.find()
+    if exe is None:
+        return f"absent ({tool.absent_hint})"
     try:
-        out = subprocess.run(tool.version(), capture_output=True, text=True, timeout=60)
+        out = subprocess.run(tool.version(exe), capture_output=True, text=True, timeout=60)
         text = (out.stdout or out.stderr).strip().splitlines() or [f"exit {out.returncode}"]
-        return text[0] if out.returncode == 0 else f"unavailable ({text[-1]})"
+        return text[0] if out.returncode == 0 else f"unusable ({text[-1]})"
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unavailable ({exc})"
+        return f"unusable ({exc})"
 
 
-def _progress(tool: str, phase: str, m: Measurement) -> None:
+def _progress(tool: str, rnd: int, phase: str, m: Measurement) -> None:
     repo = "" if m.repo_mib is None else f" {m.repo_mib:8.1f} MiB repo"
-    print(f"  {tool:9s} {phase:8s} {m.wall_s:8.2f} s wall {m.cpu_s:8.2f} s cpu {m.maxrss_mib:6.0f} "
-          f"MiB rss{repo}{'  ' + m.error if m.error else ''}", file=sys.stderr, flush=True)
+    print(f"  r{rnd} {tool:11s} {phase:8s} {m.wall_s:8.2f} s wall {m.cpu_s:8.2f} s cpu "
+          f"{m.peak_mib:6.0f} MiB peak ({m.processes} proc){repo}{'  ' + m.error if m.error else ''}",
+          file=sys.stderr, flush=True)
 
 
-def run_tool(name: str, src: Path, work: Path) -> ToolResult:
-    tool = TOOLS[name]
-    res = ToolResult(version=tool_version(tool))
+def run_round(name: str, res: ToolResult, rnd: int, src: Path, work: Path) -> None:
+    """One round of every phase for one tool, into res (failure recorded, not raised)."""
+    tool, exe = TOOLS[name], TOOLS[name].find()
+    assert exe is not None
     repo, target, logs = work / "repo", work / "restore", work / "logs"
     for d in (target, logs, work / "cache", work / "config"):
         d.mkdir(parents=True)
     env = {**os.environ, **tool.env, "XDG_CACHE_HOME": str(work / "cache"),
            "XDG_CONFIG_HOME": str(work / "config")}
-    init = measure_child(tool.init(repo), env, work, logs / "init")
-    if init.error:
-        res.failure = f"init: {init.error}"
-        return res
-    for n, phase in enumerate(("backup1", "backup2", "backup3"), start=1):
+    phases: dict[str, Measurement] = {}
+    res.rounds.append(phases)
+    steps: list[tuple[str, list[str], Path]] = [("init", tool.init(exe, repo), work)]
+    steps += [(f"backup{n}", tool.backup(exe, repo, src, n), work) for n in (1, 2, 3)]
+    steps.append(("restore", tool.restore(exe, repo, target, 3),
+                  target if tool.restore_in_target else work))
+    for phase, argv, cwd in steps:
         if phase == "backup3":
-            res.changed = change_files(src, SEED + 1)
-        m = measure_child(tool.backup(repo, src, n), env, work, logs / phase)
-        m.repo_mib = du_mib(repo)
-        res.phases[phase] = m
-        _progress(name, phase, m)
+            res.changed = change_files(src, corpora.SEED + 1)
+        m = measure_child(argv, env, cwd, logs / phase)
+        if phase.startswith("backup"):
+            m.repo_mib = du_mib(repo)
+        phases[phase] = m
+        _progress(name, rnd, phase, m)
         if m.error:
-            res.failure = f"{phase}: {m.error}"
-            return res
-    m = measure_child(tool.restore(repo, target, 3), env, target if tool.restore_in_target else work,
-                      logs / "restore")
-    res.phases["restore"] = m
-    res.cache_mib = du_mib(work / "cache")
-    _progress(name, "restore", m)
-    if m.error:
-        res.failure = f"restore: {m.error}"
-        return res
-    expected = tree_digest(src)   # after the restore, to keep the harness small while it runs
-    # restic/corestate: T/<abs path>; borg (cwd=T, leading "/" stripped): the same place.
+            res.failure = f"round {rnd} {phase}: {m.error}"
+            return
+    expected = tree_digest(src)
+    # restic, rustic, corestate: T/<abs path>; borg (cwd=T, leading "/" stripped): the same.
     problem = compare_trees(expected, tree_digest(target / src.relative_to("/")))
     res.verify = problem or f"ok ({len(expected)} files identical)"
     if problem:
+        res.failure = f"round {rnd} restore: {problem}"
         print(f"\n!!! {name}: {problem}\n", file=sys.stderr, flush=True)
-    return res
 
 
-def prepare_source(corpus: Path, src: Path) -> dict[str, str]:
+def prepare_source(corpus: Path, src: Path) -> None:
     """Fresh copy of the pristine corpus at a fixed path, synced, then read once (warm cache)."""
     shutil.rmtree(src, ignore_errors=True)
     src.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "-a", str(corpus), str(src)], check=True)
     os.sync()
-    return tree_digest(src)
+    tree_digest(src)
 
 
+def run_corpus(tools: list[str], corpus: Path, run_dir: Path, rounds: int, keep: bool
+               ) -> dict[str, ToolResult]:
+    """Interleaved rounds: round r runs the present tools rotated by r."""
+    results = {name: ToolResult(tool_version(TOOLS[name])) for name in tools}
+    for name, res in results.items():
+        if not res.absent:
+            continue
+        print(f"  {name}: {res.version}: left out", file=sys.stderr, flush=True)
+    src = run_dir / "src" / corpus.name
+    for rnd in range(1, rounds + 1):
+        present = [t for t in tools if not results[t].absent and results[t].failure is None
+                   and not results[t].version.startswith("unusable")]
+        k = (rnd - 1) % max(len(present), 1)
+        for name in present[k:] + present[:k]:
+            print(f"[{corpus.name}] round {rnd}/{rounds}: {name}", file=sys.stderr, flush=True)
+            prepare_source(corpus, src)
+            work = run_dir / f"{name}-r{rnd}"
+            run_round(name, results[name], rnd, src, work)
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
+    return results
 
-def _ratio(value: float | None, base: float | None) -> float | None:
-    return value / base if value is not None and base else None
+
+def _best_peer(results: dict[str, ToolResult], value: Callable[[ToolResult], float | None]
+               ) -> tuple[str, float] | None:
+    scored = [(v, t) for t, r in results.items() if t != SUBJECT and (v := value(r)) is not None]
+    return (min(scored)[1], min(scored)[0]) if scored else None
 
 
-def _cell(value: float | None, base: float | None, fmt: str, show_ratio: bool) -> str:
-    if value is None:
+def rows(results: dict[str, ToolResult]
+         ) -> list[tuple[str, str, dict[str, float | None], tuple[str, float] | None]]:
+    """(row key, title, tool -> median, (reference tool, its value) or None)."""
+    out = []
+    for phase, title in PHASES.items():
+        vals = {t: r.median(phase, "wall_s") for t, r in results.items()}
+        out.append((phase, f"{title} (wall s)", vals,
+                    _best_peer(results, lambda r, p=phase: r.median(p, "wall_s"))))
+    mem = {t: r.peak_memory() for t, r in results.items()}
+    out.append((MEMORY, MEMORY, mem,
+                (MEMORY_BASE, mem[MEMORY_BASE]) if mem.get(MEMORY_BASE) is not None else None))
+    repo = {t: r.median("backup3", "repo_mib") for t, r in results.items()}
+    out.append((REPO, REPO, repo, _best_peer(results, lambda r: r.median("backup3", "repo_mib"))))
+    return out
+
+
+def _fmt(v: float | None, key: str) -> str:
+    if v is None:
         return "—"
-    r = _ratio(value, base)
-    return f"{value:{fmt}}" + (f" ({r:.2f}×)" if show_ratio and r is not None else "")
+    return f"{v:.0f}" if key == MEMORY else f"{v:.1f}" if key == REPO else f"{v:.2f}"
 
 
-def _metric(m: Measurement | None, metric: str) -> float | None:
-    if m is None or m.error:
-        return None
-    return {"wall": m.wall_s, "cpu": m.cpu_s, "rss": m.maxrss_mib, "repo": m.repo_mib}[metric]
-
-
-def _max_rss(r: ToolResult | None) -> float | None:
-    vals = [m.maxrss_mib for m in r.phases.values() if not m.error] if r else []
-    return max(vals) if vals else None
-
-
-def target_marks(results: dict[str, ToolResult]) -> dict[str, str]:
-    """Row key -> 'metric r× ≤ limit ✅/❌' for corestate vs restic."""
-    marks: dict[str, str] = {}
-    cs, base = results.get("corestate"), results.get(BASELINE)
-    for phase, metric, limit in TARGETS:
-        if phase == "max":
-            r = _ratio(_max_rss(cs), _max_rss(base))
-        else:
-            r = _ratio(_metric(cs.phases.get(phase) if cs else None, metric),
-                       _metric(base.phases.get(phase) if base else None, metric))
-        mark = "n/a" if r is None else f"{r:.3f}× {'✅ pass' if r <= limit else '❌ miss'}"
-        marks[phase] = f"{metric} ≤ {limit}×: {mark}"
-    return marks
+def _absent_cell(r: ToolResult) -> str | None:
+    if r.absent:
+        return "absent"
+    if r.version.startswith("unusable"):
+        return "unusable"
+    return None
 
 
 def render_table(results: dict[str, ToolResult]) -> str:
-    """Rows = phases (+ max RSS); per tool wall/CPU/RSS/repo with ratio to restic; targets."""
-    tools = list(results)
-    base = results.get(BASELINE)
-    head = ["Phase"] + [f"{t} {c}" for t in tools for c in ("wall s", "CPU s", "RSS MiB", "repo MiB")]
-    head.append("corestate target (÷ restic)")
+    """Medians; the reference (best peer, or restic 0.14 for memory); corestate's ratio, target."""
+    head = (["Phase"] + [TOOLS[t].label for t in results]
+            + ["reference", "corestate ÷ reference", "target", "met?"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    marks = target_marks(results)
+    for key, title, vals, ref in rows(results):
+        row = [title]
+        for t, r in results.items():
+            special = _absent_cell(r)
+            cell = special or _fmt(vals[t], key)
+            if vals[t] is None and not special and r.failure:
+                cell = "FAIL"
+            row.append(cell)
+        subject = vals.get(SUBJECT)
+        ratio = subject / ref[1] if subject is not None and ref and ref[1] else None
+        limit = TARGETS.get(key)
+        row.append(f"{TOOLS[ref[0]].label}: {_fmt(ref[1], key)}" if ref else "—")
+        row.append(f"{ratio:.2f}×" if ratio is not None else "—")
+        row.append(f"≤ {limit}×" if limit is not None else "—")
+        row.append("—" if limit is None else "n/a" if ratio is None
+                   else "✅ met" if ratio <= limit else "❌ missed")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def render_detail(results: dict[str, ToolResult]) -> str:
+    """CPU seconds and peak memory per phase (medians), the most processes at once, and the
+    range of wall times over the rounds."""
+    present = [t for t, r in results.items() if _absent_cell(r) is None]
+    head = ["Phase"] + [f"{TOOLS[t].label} CPU s / peak MiB; wall range" for t in present]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for phase, title in PHASES.items():
         row = [title]
-        for t in tools:
-            m, b = results[t].phases.get(phase), base.phases.get(phase) if base else None
-            show = t != BASELINE
-            if (m is not None and m.error) or (m is None and results[t].failure):
-                row += [f"FAIL ({m.rc})" if m else "not run", "", "", ""]
-                continue
-            row += [_cell(_metric(m, k), _metric(b, k), f, show)
-                    for k, f in (("wall", ".2f"), ("cpu", ".2f"), ("rss", ".0f"), ("repo", ".1f"))]
-            if phase == "restore" and not (results[t].verify or "").startswith("ok"):
-                row[-4] += " **VERIFY FAILED**"
-        row.append(marks.get(phase, ""))
+        for t in present:
+            r = results[t]
+            cpu, mem = r.median(phase, "cpu_s"), r.median(phase, "peak_mib")
+            procs = max((rd[phase].processes for rd in r.rounds if phase in rd), default=0)
+            walls = [rd[phase].wall_s for rd in r.rounds if phase in rd and not rd[phase].error]
+            spread = f"; wall {min(walls):.2f}–{max(walls):.2f}" if len(walls) > 1 else ""
+            row.append("—" if cpu is None or mem is None else
+                       f"{cpu:.2f} / {mem:.0f}" + (f" ({procs} proc)" if procs > 1 else "") + spread)
         lines.append("| " + " | ".join(row) + " |")
-    row = ["peak RSS (max of phases)"]
-    for t in tools:
-        row += ["", "", _cell(_max_rss(results[t]), _max_rss(base), ".0f", t != BASELINE), ""]
-    lines.append("| " + " | ".join(row + [marks["max"]]) + " |")
     return "\n".join(lines)
 
 
@@ -489,79 +432,85 @@ def machine() -> str:
             f"Linux {platform.release()}, Python {platform.python_version()}")
 
 
-def render_section(kind: str, quick: bool, info: dict[str, Any],
-                   results: dict[str, ToolResult], meta: dict[str, str]) -> str:
-    out = [f"## Backup benchmark — corpus `{kind}`{' (quick)' if quick else ''} — {meta['date']}", "",
-           f"- Machine: {meta['machine']}",
-           f"- Command: `{meta['command']}`",
-           "- Tools: " + "; ".join(f"{t}: {r.version}" for t, r in results.items()),
-           f"- Corpus: {info['files']} files, {info['mib']} MiB; phase 3 changed "
-           + next((f"{r.changed['files']} of {r.changed['of']} files ({r.changed['bytes']} bytes)"
-                   for r in results.values() if r.changed), "n/a"),
-           "- Page cache warm for all tools (fresh corpus copy, synced and read once before each "
-           "tool's first backup); init not timed; repo MiB = `du` of the repository after the phase; "
-           "cells for non-restic tools show value (ratio to restic); peak RSS = child's ru_maxrss "
-           f"(floor {info['rss_floor_mib']} MiB = harness RSS, see reset_peak_rss).", "",
-           render_table(results), ""]
-    for t, r in results.items():
-        out.append(f"- {t}: " + (f"**FAILED** — {r.failure}" if r.failure else "")
-                   + (f"restore verification {r.verify}" if r.verify else ""))
-    return "\n".join(out) + "\n"
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
+
+def render_section(kind: str, scale: str, info: dict[str, Any], results: dict[str, ToolResult],
+                   meta: dict[str, str], rounds: int, load: tuple[str, str]) -> str:
+    changed = next((r.changed for r in results.values() if r.changed), None)
+    out = [f"## Backup benchmark — corpus `{kind}` ({scale}) — {meta['date']}", "",
+           f"- Machine: {meta['machine']}; load average (1, 5, 15 min) {load[0]} at the start, "
+           f"{load[1]} at the end of this corpus",
+           f"- Command: `{meta['command']}`",
+           "- Tools: " + "; ".join(f"{TOOLS[t].label}: {r.version}" for t, r in results.items()),
+           f"- Corpus: {info['files']} files, {info['mib']} MiB; the 1%-changed backup saw "
+           + (f"{changed['files']} of {changed['of']} files changed ({changed['bytes']} bytes)"
+              if changed else "n/a"),
+           f"- Medians of {rounds} interleaved round(s). Reference: the best peer in that row "
+           "(fastest, smallest repository); for peak memory restic 0.14. Peak memory = largest "
+           "sum of RSS over the tool's process tree, sampled every 50 ms (benchmarks/proctree.py).",
+           "", render_table(results), "", render_detail(results), ""]
+    for t, r in results.items():
+        status = (r.version if _absent_cell(r) else f"**FAILED** — {r.failure}" if r.failure
+                  else f"restore verification {r.verify}")
+        out.append(f"- {TOOLS[t].label}: {status}")
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", choices=("mixed", "usr", "both"), default="mixed")
-    ap.add_argument("--quick", action="store_true", help="small corpora (~60 MB / ~100 MB)")
-    ap.add_argument("--tools", default="corestate,restic,borg")
-    ap.add_argument("--out", type=Path, help="append the markdown section to this file")
-    ap.add_argument("--json", type=Path, help="write raw numbers to this file")
-    ap.add_argument("--keep", action="store_true", help="keep repositories and restores")
+    ap.add_argument("--corpus", default="mixed",
+                    help=f"comma-separated kinds of {', '.join(corpora.KINDS)}, or 'all' (default: mixed)")
+    ap.add_argument("--scale", choices=corpora.SCALES, default="full",
+                    help="corpus size: tiny (tests), quick, medium, full (default)")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians reported")
+    ap.add_argument("--tools", default=",".join(TOOLS),
+                    help=f"comma-separated, of {', '.join(TOOLS)} (default: all)")
+    ap.add_argument("--data", type=Path, default=corpora.DATA,
+                    help="where corpora are cached and runs happen (default: benchmarks/.data)")
+    ap.add_argument("--out", type=Path, help="append the markdown sections to this file")
+    ap.add_argument("--json", type=Path, help="write every round's raw numbers to this file")
+    ap.add_argument("--keep", action="store_true", help="keep repositories, restores and logs")
     args = ap.parse_args(argv)
     wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
-    if unknown := [t for t in wanted if t not in TOOLS]:
-        ap.error(f"unknown tools: {unknown}")
-    tools = sorted(wanted, key=list(TOOLS).index)     # restic (baseline) first
+    kinds = list(corpora.KINDS) if args.corpus == "all" else [k.strip() for k in args.corpus.split(",")]
+    if unknown := [t for t in wanted if t not in TOOLS] + [k for k in kinds if k not in corpora.KINDS]:
+        ap.error(f"unknown tools or corpora: {unknown}")
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    tools = sorted(wanted, key=list(TOOLS).index)
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-            "command": shlex.join(["python", *sys.argv])}
-    kinds = ["mixed", "usr"] if args.corpus == "both" else [args.corpus]
-    sections: list[str] = []
+            "command": shlex.join(["python", *sys.argv] if argv is None else
+                                  ["python", "benchmarks/backup_bench.py", *argv])}
     raw: dict[str, Any] = {"meta": meta, "corpora": {}}
     ok = True
     for kind in kinds:
-        corpus, info = ensure_corpus(kind, args.quick)
-        (DATA / "work").mkdir(parents=True, exist_ok=True)
-        run_dir = Path(tempfile.mkdtemp(dir=DATA / "work", prefix=f"{kind}-"))
-        src = run_dir / "src" / kind
-        results: dict[str, ToolResult] = {}
+        corpus, info = corpora.ensure(kind, args.scale, args.data)
+        (args.data / "work").mkdir(parents=True, exist_ok=True)
+        run_dir = Path(tempfile.mkdtemp(dir=args.data / "work", prefix=f"{kind}-"))
+        load_start = loadavg()
         try:
-            for name in tools:
-                print(f"[{kind}] {name}: preparing source copy", file=sys.stderr, flush=True)
-                prepare_source(corpus, src)
-                results[name] = run_tool(name, src, run_dir / name)
-                ok &= results[name].failure is None and (results[name].verify or "").startswith("ok")
-                if not args.keep:
-                    shutil.rmtree(run_dir / name, ignore_errors=True)
-            floor = measure_child(["true"], dict(os.environ), run_dir, run_dir / "floor")
-            info = {**info, "rss_floor_mib": round(floor.maxrss_mib, 1)}
+            results = run_corpus(tools, corpus, run_dir, args.rounds, args.keep)
         finally:
             if not args.keep:
                 shutil.rmtree(run_dir, ignore_errors=True)
-        sections.append(render_section(kind, args.quick, info, results, meta))
-        raw["corpora"][kind] = {"quick": args.quick, "corpus": info, "tools": {
-            t: {**{k: v for k, v in asdict(r).items() if k != "phases"},
-                "phases": {p: {**asdict(m), "cpu_s": m.cpu_s} for p, m in r.phases.items()}}
+        ok &= all(r.failure is None for r in results.values())
+        # each corpus is reported as soon as it is done: a long run stopped later keeps it
+        section = render_section(kind, args.scale, info, results, meta, args.rounds,
+                                 (load_start, loadavg()))
+        print(section, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write("\n" + section)
+        raw["corpora"][kind] = {"scale": args.scale, "corpus": info, "tools": {
+            t: {**{k: v for k, v in asdict(r).items() if k != "rounds"},
+                "rounds": [{p: asdict(m) for p, m in rd.items()} for rd in r.rounds]}
             for t, r in results.items()}}
-    text = "\n".join(sections)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
-    if args.json:
-        args.json.write_text(json.dumps(raw, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(raw, indent=1))
     if not ok:
-        print("backup_bench: at least one tool failed or restore verification failed",
+        print("backup_bench: at least one tool failed or a restore did not match the source",
               file=sys.stderr)
     return 0 if ok else 1
 

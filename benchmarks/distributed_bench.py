@@ -73,8 +73,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backup_bench import (DATA, Measurement, compare_trees, ensure_corpus, machine,
-                          measure_child, tree_digest)
+from backup_bench import Measurement, compare_trees, machine, measure_child, tree_digest
+from corpora import DATA, ensure
 from rpo_bench import CLK_TCK, cpu_seconds, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -799,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
         "clients": f"workers: faust-streaming {faust.__version__}, aiokafka {aiokafka.__version__}; "
                    f"agent and harness: confluent-kafka {confluent_kafka.__version__}"}
     meta["code"] = code_revision(CODE)
-    corpus, info = ensure_corpus(args.corpus, args.quick)
+    corpus, info = ensure(args.corpus, "quick" if args.quick else "full")
     print(f"[{args.corpus}] {info['files']} files, {info['mib']} MiB; warming the page cache",
           file=sys.stderr, flush=True)
     digest = tree_digest(corpus)

@@ -34,8 +34,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from backup_bench import (PASSWORD, _corestate, ensure_corpus, measure_child,  # noqa: E402
-                          prepare_source)
+from backup_bench import PASSWORD, measure_child, prepare_source  # noqa: E402
+from corpora import ensure  # noqa: E402
 
 
 # Byte-compiled modules, as an installed package has them: with PYTHONDONTWRITEBYTECODE
@@ -54,12 +54,12 @@ def run(kind: str, src: Path, work: Path, metrics: bool, n: int) -> tuple[float,
     logs.mkdir(exist_ok=True)
     env = {**ENV, "CORESTATE_PASSWORD": PASSWORD,
            "CORESTATE_STATE_DIR": str(work / f"state-{kind}-{n}")}
-    init = measure_child([*_corestate(), "init", "--repo", str(repo)], env, work, logs / "init")
+    init = measure_child([sys.executable, "-m", "corestate", "init", "--repo", str(repo)], env, work, logs / "init")
     assert init.rc == 0, init.error
     extra = ["--metrics-file", str(work / f"m-{kind}-{n}.prom")] if metrics else []
     out = []
     for phase in ("first", "unchanged"):
-        m = measure_child([*_corestate(), "backup", "--repo", str(repo), str(src), *extra],
+        m = measure_child([sys.executable, "-m", "corestate", "backup", "--repo", str(repo), str(src), *extra],
                           env, work, logs / f"{kind}-{n}-{phase}")
         assert m.rc == 0, m.error
         out += [m.wall_s, m.cpu_s]
@@ -76,7 +76,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="the small corpus (~60 MB)")
     ap.add_argument("--out", type=Path, help="append the markdown section to this file")
     args = ap.parse_args()
-    corpus, info = ensure_corpus("mixed", args.quick)
+    corpus, info = ensure("mixed", "quick" if args.quick else "full")
     before = load()
     with tempfile.TemporaryDirectory(prefix="metrics-bench-", dir=HERE / ".data") as tmp:
         work = Path(tmp)

@@ -38,8 +38,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup_bench import (DATA, Measurement, compare_trees, ensure_corpus, machine,
-                          measure_child, prepare_source, tree_digest)
+from backup_bench import Measurement, compare_trees, machine, measure_child, prepare_source, tree_digest
+from corpora import DATA, ensure
 from rpo_bench import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +124,7 @@ def run_tool(name: str, server: Server, src: Path, work: Path) -> dict[str, Phas
         if m.error:
             raise SystemExit(f"{name} {phase}: {m.error}")
         print(f"  {name:9s} {phase:8s} {m.wall_s:7.2f} s wall {m.cpu_s:7.2f} s cpu "
-              f"{m.maxrss_mib:5.0f} MiB rss, server {out[phase].server_cpu:6.2f} s cpu "
+              f"{m.peak_mib:5.0f} MiB peak, server {out[phase].server_cpu:6.2f} s cpu "
               f"(load {load()})", file=sys.stderr, flush=True)
     problem = compare_trees(tree_digest(src), tree_digest(target / src.relative_to("/")))
     if problem:
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
             "command": shlex.join(["python", *sys.argv]), "load_before": load()}
-    corpus, info = ensure_corpus("mixed", args.quick)
+    corpus, info = ensure("mixed", "quick" if args.quick else "full")
     (DATA / "work").mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=DATA / "work", prefix="storage-"))
     server = Server(work)
