@@ -52,7 +52,7 @@ BATCH_BYTES = 4 << 20
 BATCH_FILES = 256
 SMALL_FILE = 1 << 20       # at most one chunk (smaller than FastCDC's minimum is 512 KiB)
 INLINE_BYTES = 8 << 20     # a run reading less than this (and few files) stays inline
-INLINE_FILES = 500
+INLINE_FILES = 2000   # 1,000 changed small files: 5.3 s inline vs 5.8 s with workers (RESULTS.md)
 
 
 @dataclass(frozen=True)
