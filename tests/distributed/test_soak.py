@@ -12,8 +12,11 @@ its tree (content, mode, mtime, size, link targets, hard links), and the reposit
 checked with ``restic check --read-data``.
 
 The report (printed, and in the assertion message) counts runs, kills, rebalances,
-broker restarts, runs not committed in time and *differences* (runs whose restored tree
-differs from the source). Goal and assertion: no difference and no lost run.
+broker restarts, runs the committer *refused* as incomplete (a manifest missing: the run
+goes to the DLQ, never into a snapshot) and sent again, as an agent's next run would,
+runs not committed in time and *differences* (runs whose restored tree differs from the
+source). Assertion: no difference and no lost run (every run, resent if refused, ends in
+a complete snapshot); refusals are reported (goal: none).
 
 Short form (CI): 3 runs. ``CORESTATE_SLOW=1``: 50 runs (``CORESTATE_SOAK_RUNS`` to
 choose). Run the long form with
@@ -33,6 +36,8 @@ from pathlib import Path
 
 import pytest
 
+from corestate.schemas.codec import decode
+from corestate.schemas.events import DeadLetter, SnapshotCommitted
 from tests.conftest import restored_root, run_corestate, run_restic, tree_manifest
 from tests.distributed.conftest import Cluster, stop
 
@@ -52,6 +57,7 @@ class Report:
     rebalances: int = 0
     broker_restarts: int = 0
     agent_retries: int = 0
+    rejected: list[str] = field(default_factory=list)  # refused as incomplete, then resent
     not_committed: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -59,8 +65,9 @@ class Report:
     def line(self) -> str:
         return (f"soak: {self.runs} runs, {self.committed} committed, {self.kills} worker kills, "
                 f"{self.rebalances} extra workers started and stopped, {self.broker_restarts} broker "
-                f"restarts, {self.agent_retries} agent retries, {len(self.not_committed)} not "
-                f"committed, {len(self.differences)} with differences, {self.seconds:.0f} s")
+                f"restarts, {self.agent_retries} agent retries, {len(self.rejected)} refused as "
+                f"incomplete and resent, {len(self.not_committed)} not committed, "
+                f"{len(self.differences)} with differences, {self.seconds:.0f} s")
 
 
 def make_tree(root: Path, rng: random.Random) -> Path:
@@ -127,6 +134,32 @@ def publish(cluster: Cluster, src: Path, report: Report) -> str:
     raise AssertionError(f"the agent failed 5 times: {proc.stderr}")
 
 
+def outcome(cluster: Cluster, snapshot_id: str, timeout: float
+            ) -> tuple[SnapshotCommitted | None, str | None]:
+    """The run's commit, or the reason the committer refused it (from the DLQ), or
+    neither within ``timeout``."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    dlq = Consumer({"bootstrap.servers": cluster.broker.bootstrap, "group.id": "soak-dlq",
+                    "enable.auto.commit": "false"})
+    dlq.assign([TopicPartition(f"{cluster.prefix}.dlq", 0, OFFSET_BEGINNING)])
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            found = cluster.commits({snapshot_id}, timeout=5).get(snapshot_id)
+            if found is not None:
+                return found, None
+            while (msg := dlq.poll(0.2)) is not None:
+                if msg.error():
+                    continue
+                letter = decode(msg.value(), DeadLetter)
+                if snapshot_id in letter.reason:
+                    return None, letter.reason
+    finally:
+        dlq.close()
+    return None, None
+
+
 def one_run(cluster: Cluster, root: Path, rng: random.Random, report: Report,
             restart_broker: bool) -> None:
     src = make_tree(root, rng)
@@ -159,7 +192,13 @@ def one_run(cluster: Cluster, root: Path, rng: random.Random, report: Report,
                 report.broker_restarts += 1
         if not any(p.poll() is None for p in workers.procs):
             workers.start()
-        event = cluster.commits({snapshot_id}, COMMIT_TIMEOUT).get(snapshot_id)
+        event = None
+        for _ in range(3):  # a run the committer refused (incomplete) is sent again
+            event, reason = outcome(cluster, snapshot_id, COMMIT_TIMEOUT)
+            if reason is None:
+                break
+            report.rejected.append(f"{root.name}: {reason}")
+            snapshot_id = publish(cluster, src, report)
     finally:
         workers.stop_all()
     report.runs += 1
@@ -192,6 +231,8 @@ def test_soak_distributed_runs_under_faults_lose_nothing(tmp_path: Path, cluster
         burner.wait()
         report.seconds = time.monotonic() - started
         print(report.line())
+        for line in report.rejected:
+            print("refused:", line)
     assert report.runs == RUNS
     assert not report.not_committed and not report.differences, \
         f"{report.line()}\nnot committed: {report.not_committed}\ndifferences: {report.differences}"
