@@ -62,7 +62,9 @@ changes the protector's interval.
 The detector learns online from every closed window that neither alerted nor fell
 inside an episode; its state is checkpointed to ``state_path`` every
 ``checkpoint_every`` seconds and on :meth:`Sentinel.close`, and loaded from there on
-start (else the shipped prior).
+start (else the shipped prior). ``protect``'s checkpoint is signed with a key derived
+from the repository's master key, so a checkpoint replaced by someone without it is
+refused (:mod:`corestate.models.detector`).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ log = logging.getLogger("corestate.agents.sentinel")
 class SentinelOptions:
     alerts_file: str | None = None  # alert lines are appended here
     state_path: str | None = None  # detector checkpoint
+    state_key: bytes | None = None  # signs the checkpoint (see models.detector); None: unsigned
     host: str = field(default_factory=socket.gethostname)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     boost: float = 4.0  # interval divisor while an alert is fresh (embedded)
@@ -148,7 +151,8 @@ class Sentinel:
         self.paths = [os.path.abspath(p) for p in paths]
         self.excludes = list(excludes or [])
         self.options = options or SentinelOptions()
-        self.detector = detector or Detector.load_or_prior(self.options.state_path)
+        self.detector = detector or Detector.load_or_prior(self.options.state_path,
+                                                             self.options.state_key)
         ignore = [os.fsencode(os.path.abspath(p)) for p in
                   (self.options.alerts_file, self.options.state_path) if p]
         self.features = FeatureExtractor(self.options.features, ignore=ignore)
@@ -205,7 +209,7 @@ class Sentinel:
     def checkpoint(self) -> None:
         if self.options.state_path:
             try:
-                self.detector.save(self.options.state_path)
+                self.detector.save(self.options.state_path, self.options.state_key)
             except OSError as exc:
                 log.warning("cannot write the detector checkpoint %s: %s",
                             self.options.state_path, exc)
@@ -383,6 +387,8 @@ class ProtectSentinel(Sentinel):
         options = options or SentinelOptions()
         if protect.hostname:
             options.host = protect.hostname
+        if options.state_key is None:
+            options.state_key = repo.key.derive("detector checkpoint")
         super().__init__(protect.paths, options, excludes=[*DEFAULT_EXCLUDES, *protect.excludes],
                          detector=detector, on_alert=on_alert, clock=clock)
         self.repo = repo

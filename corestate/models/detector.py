@@ -16,10 +16,18 @@ Terms:
 - *prior*: the detector trained on simulated normal work and shipped in the package
   (``prior.pkl``); a host starts from it and adapts online, learning only from windows
   that do not alert, so an attack does not teach the model that attacks are normal.
-- *checkpoint*: a pickle of a :class:`Detector` (format, River version and feature
-  names beside it), written atomically; loading one restores exactly what was learned.
-  Checkpoints are local state files of the agent: never load one from an untrusted
-  source (pickle runs code).
+- *checkpoint*: a :class:`Detector` saved to a state file, written atomically; loading
+  one restores exactly what was learned. The file is a header (:data:`CHECKPOINT_MAGIC`),
+  a flag, an optional *signature* and a pickle (format, River version and feature names
+  beside the detector). A checkpoint lives in a directory the user (or ransomware
+  running as the user) can write, so loading never trusts it: the pickle is read by an
+  unpickler that resolves only the classes a detector is made of
+  (:data:`CHECKPOINT_CLASSES`: no function that could run code), and where a *key* is
+  known (``corestate protect``: derived from the repository's master key) the file must
+  carry that key's HMAC-SHA256 signature of the pickle. A checkpoint that fails either
+  check is *refused*: set aside as ``NAME.refused`` and replaced by the shipped prior,
+  with one warning. The shipped prior and the agent's checkpoint (the agent holds no
+  repository key) are unsigned.
 
 Why Half-Space Trees (``kind="hst"``), measured by ``benchmarks/train_prior.py
 --compare`` (``benchmarks/RESULTS.md``, "Anomaly detector choice"): on windows of
@@ -54,8 +62,12 @@ True
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import importlib.metadata
 import importlib.resources
+import io
+import logging
 import math
 import os
 import pickle
@@ -68,8 +80,35 @@ from corestate.errors import PermanentError
 from corestate.kernel.atomic import write_atomic
 from corestate.models.features import FEATURE_NAMES, LIMITS
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+CHECKPOINT_MAGIC = b"corestate detector checkpoint 2\n"
+SIGNED, UNSIGNED = b"S", b"U"
 PRIOR_RESOURCE = "prior.pkl"
+# (module, name) of every class a checkpoint's pickle may name: what a Detector is made of.
+CHECKPOINT_CLASSES = frozenset({
+    ("builtins", "tuple"), ("collections", "OrderedDict"), ("collections", "defaultdict"),
+    ("functools", "partial"), ("random", "Random"),
+    ("corestate.models.detector", "Detector"),
+    ("corestate.models.detector", "ChangeAnomalyDetector"),
+    ("corestate.models.detector", "RangeScaler"), ("corestate.models.detector", "_Moments"),
+    ("river.anomaly.hst", "HalfSpaceTrees"), ("river.compose.pipeline", "Pipeline"),
+    ("river.tree.padded", "PaddedBranch"), ("river.tree.padded", "PaddedLeaf"),
+})
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointRefused(PermanentError):
+    """A detector checkpoint that is not loaded: unsigned or wrongly signed where a key is
+    known, of another format, or naming a class outside :data:`CHECKPOINT_CLASSES`."""
+
+
+class _CheckpointUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in CHECKPOINT_CLASSES:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which is not part of a "
+                                         "detector")
+        return super().find_class(module, name)
 KINDS = ("hst", "svm", "ilof")
 
 
@@ -250,35 +289,56 @@ class Detector:
                             "max_score": ordered[-1]}
 
     # -- checkpoints ------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write a checkpoint atomically (temporary file, fsync, rename)."""
-        path = os.fspath(path)
+    def dumps(self, key: bytes | None = None) -> bytes:
+        """The checkpoint's bytes, signed with ``key`` when one is given."""
         doc = {"format": CHECKPOINT_FORMAT, "river": importlib.metadata.version("river"),
                "features": FEATURE_NAMES, "detector": self}
+        payload = pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL)
+        if key is None:
+            return CHECKPOINT_MAGIC + UNSIGNED + payload
+        return CHECKPOINT_MAGIC + SIGNED + _sign(key, payload) + payload
+
+    def save(self, path: str | os.PathLike[str], key: bytes | None = None) -> None:
+        """Write a checkpoint atomically (temporary file, fsync, rename)."""
+        path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        write_atomic(path, pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL), ".detector-")
+        write_atomic(path, self.dumps(key), ".detector-")
 
     @classmethod
-    def loads(cls, data: bytes, what: str) -> Detector:
+    def loads(cls, data: bytes, what: str, key: bytes | None = None) -> Detector:
+        """The detector in checkpoint bytes; :class:`CheckpointRefused` if they do not pass
+        the checks of the module doc (with ``key``, a valid signature is required)."""
+        if not data.startswith(CHECKPOINT_MAGIC):
+            raise CheckpointRefused(f"{what}: not a detector checkpoint of this version")
+        flag, rest = data[len(CHECKPOINT_MAGIC):][:1], data[len(CHECKPOINT_MAGIC) + 1:]
+        if flag == SIGNED:
+            tag, payload = rest[:32], rest[32:]
+            if key is not None and not hmac.compare_digest(tag, _sign(key, payload)):
+                raise CheckpointRefused(f"{what}: its signature does not match this "
+                                        "repository's key (replaced or damaged)")
+        elif flag == UNSIGNED:
+            if key is not None:
+                raise CheckpointRefused(f"{what}: not signed with this repository's key")
+            payload = rest
+        else:
+            raise CheckpointRefused(f"{what}: not a detector checkpoint of this version")
         try:
-            doc = pickle.loads(data)  # noqa: S301 - our own state file, see module doc
+            doc = _CheckpointUnpickler(io.BytesIO(payload)).load()
         except Exception as exc:  # unpickling can raise anything
-            raise PermanentError(f"{what}: not a detector checkpoint ({exc}); delete it to "
-                                 "start again from the shipped prior") from None
+            raise CheckpointRefused(f"{what}: not a detector checkpoint ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
-            raise PermanentError(f"{what}: unknown detector checkpoint format")
+            raise CheckpointRefused(f"{what}: unknown detector checkpoint format")
         if tuple(doc.get("features", ())) != FEATURE_NAMES:
-            raise PermanentError(f"{what}: made for other features; delete it to start again "
-                                 "from the shipped prior")
+            raise CheckpointRefused(f"{what}: made for other features")
         det = doc.get("detector")
         if not isinstance(det, Detector):
-            raise PermanentError(f"{what}: holds no detector")
+            raise CheckpointRefused(f"{what}: holds no detector")
         return det
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Detector:
+    def load(cls, path: str | os.PathLike[str], key: bytes | None = None) -> Detector:
         with open(path, "rb") as f:
-            return cls.loads(f.read(), os.fspath(path))
+            return cls.loads(f.read(), os.fspath(path), key)
 
     @classmethod
     def prior(cls) -> Detector:
@@ -293,11 +353,27 @@ class Detector:
         return cls.loads(data, "corestate/models/prior.pkl")
 
     @classmethod
-    def load_or_prior(cls, path: str | os.PathLike[str] | None) -> Detector:
-        """The checkpoint at ``path`` if there is one, else the shipped prior."""
-        if path is not None and os.path.exists(path):
-            return cls.load(path)
-        return cls.prior()
+    def load_or_prior(cls, path: str | os.PathLike[str] | None,
+                      key: bytes | None = None) -> Detector:
+        """The checkpoint at ``path`` if there is one that passes the checks, else the
+        shipped prior; a refused checkpoint is set aside as ``path.refused``."""
+        if path is None or not os.path.exists(path):
+            return cls.prior()
+        try:
+            return cls.load(path, key)
+        except CheckpointRefused as exc:
+            aside = os.fspath(path) + ".refused"
+            try:
+                os.replace(path, aside)
+            except OSError:
+                aside = "left in place"
+            log.warning("detector checkpoint refused: %s; starting again from the shipped "
+                        "prior (the refused file: %s)", exc, aside)
+            return cls.prior()
+
+
+def _sign(key: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, payload, hashlib.sha256).digest()
 
 
 def _quantile(ordered: list[float], q: float) -> float:

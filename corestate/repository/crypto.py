@@ -13,6 +13,8 @@ three parts and encrypts only the master key inside a key file (see :mod:`.keys`
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import threading
 from dataclasses import dataclass
@@ -108,6 +110,18 @@ class Key:
             raise IntegrityError(f"{what}: MAC check failed (wrong key or damaged data)") from None
         dec = Cipher(self._aes, modes.CTR(iv)).decryptor()  # type: ignore[attr-defined]
         return dec.update(ct) + dec.finalize()
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for one local ``purpose`` (e.g. authenticating a state file),
+        independent of the key's own uses: HMAC-SHA256 over the purpose, keyed by all
+        three parts. Only someone holding the master key can compute it.
+
+        >>> k = Key(bytes(32), bytes(16), bytes(16))
+        >>> len(k.derive("a")), k.derive("a") == k.derive("b")
+        (32, False)
+        """
+        secret = self.encrypt_key + self.mac_k + self.mac_r
+        return hmac.new(secret, b"corestate/" + purpose.encode(), hashlib.sha256).digest()
 
     def to_json(self) -> dict[str, object]:
         """The master-key JSON object stored inside a key file."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -21,9 +22,10 @@ from corestate.connectors.url import open_backend
 from corestate.kernel.watch import ChangeBatch
 from corestate.repository.protected import load_protected
 from corestate.repository.alerts import AlertLedger
-from corestate.models.detector import Detector, Verdict
+from corestate.models.detector import CheckpointRefused, Detector, Verdict
 from corestate.repository.alerts import alert_id
 from corestate.pipeline.backup import BackupSummary
+from corestate.repository.crypto import Key
 from corestate.repository.repository import Repository
 from corestate.schemas.events import SnapshotCommitted
 from tests.conftest import PASSWORD, restored_root, run_corestate
@@ -151,7 +153,27 @@ def test_alert_protects_the_clean_snapshot_boosts_cadence_and_learns_only_normal
     assert opts.interval == 2.0  # cadence restored
     assert 0.5 <= sentinel.proposed_interval() <= 60.0
     sentinel.close()
-    assert (tmp_path / "state" / "detector.pkl").exists()
+    # the checkpoint is signed with the repository's key: it loads with that key only,
+    # and a restarted sentinel starts from what this one learned
+    state = tmp_path / "state" / "detector.pkl"
+    assert Detector.load(state, repo.key.derive("detector checkpoint")).learned == learned + 1
+    with pytest.raises(CheckpointRefused):
+        Detector.load(state, Key.random().derive("detector checkpoint"))
+    again = ProtectSentinel(repo, opts, SentinelOptions(state_path=str(state), prime=False))
+    assert again.detector.learned == learned + 1
+
+
+def test_protect_refuses_a_checkpoint_written_without_the_repository_key(tmp_path, repo, caplog):
+    state = tmp_path / "state" / "detector.pkl"
+    forged = Detector.prior()
+    forged.threshold = 1.5  # blind: nothing would ever alert
+    forged.save(state)  # as ransomware without the repository's key would write it
+    with caplog.at_level(logging.WARNING):
+        sentinel = ProtectSentinel(repo, ProtectOptions([str(tmp_path)]),
+                                   SentinelOptions(state_path=str(state), prime=False))
+    assert sentinel.detector.threshold == Detector.prior().threshold < 1.0
+    assert "detector checkpoint refused" in caplog.text and "not signed" in caplog.text
+    assert (tmp_path / "state" / "detector.pkl.refused").exists()
 
 
 def test_a_slow_attack_looks_back_to_its_first_file(tmp_path, repo):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 import random
 
@@ -10,7 +11,9 @@ import pytest
 from river.checks import common
 
 from corestate.errors import PermanentError
-from corestate.models.detector import ChangeAnomalyDetector, Detector, RangeScaler
+from corestate.models.detector import (CHECKPOINT_MAGIC, ChangeAnomalyDetector, CheckpointRefused,
+                                       Detector, RangeScaler)
+from corestate.repository.crypto import Key
 from corestate.models.features import FEATURE_NAMES, FEATURES
 
 
@@ -147,14 +150,71 @@ def test_checkpoint_round_trip_keeps_what_was_learned(tmp_path):
     assert Detector.load_or_prior(tmp_path / "absent.pkl").learned == fresh.learned
 
 
+def _framed(payload: bytes) -> bytes:
+    return CHECKPOINT_MAGIC + b"U" + payload
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a replaced checkpoint would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_checkpoint_that_is_not_ours_is_refused(tmp_path):
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(b"not a pickle")
-    with pytest.raises(PermanentError, match="not a detector checkpoint"):
+    with pytest.raises(CheckpointRefused, match="not a detector checkpoint of this version"):
         Detector.load(bad)
-    bad.write_bytes(pickle.dumps({"format": 1, "features": ("other",), "detector": None}))
-    with pytest.raises(PermanentError, match="other features"):
+    bad.write_bytes(_framed(b"not a pickle"))
+    with pytest.raises(CheckpointRefused, match="not a detector checkpoint"):
         Detector.load(bad)
+    bad.write_bytes(_framed(pickle.dumps({"format": 2, "features": ("other",),
+                                          "detector": None})))
+    with pytest.raises(CheckpointRefused, match="other features"):
+        Detector.load(bad)
+    assert issubclass(CheckpointRefused, PermanentError)
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    evil = pickle.dumps({"format": 2, "features": FEATURE_NAMES, "detector": _RunsCode(str(marker))})
+    for data in (evil, _framed(evil)):  # the old format (a bare pickle) and the new frame
+        path = tmp_path / "detector.pkl"
+        path.write_bytes(data)
+        with pytest.raises(CheckpointRefused):
+            Detector.load(path)
+        # as a sentinel starts: refused, set aside, the prior instead
+        det = Detector.load_or_prior(path)
+        assert det.learned == Detector.prior().learned
+        assert not path.exists() and (tmp_path / "detector.pkl.refused").read_bytes() == data
+    assert not marker.exists(), "the checkpoint's code ran"
+    with pytest.raises(CheckpointRefused, match=r"posix\.system|os\.system"):
+        Detector.loads(_framed(evil), "x")
+
+
+def test_with_a_key_only_a_checkpoint_signed_with_it_loads(tmp_path):
+    key, other = Key.random().derive("detector checkpoint"), Key.random().derive("x")
+    det = Detector.prior()
+    det.learn(quiet(random.Random(1)))
+    path = tmp_path / "detector.pkl"
+    det.save(path, key)
+    assert Detector.load(path, key).learned == det.learned == Detector.prior().learned + 1
+    assert Detector.load(path).learned == det.learned  # no key: read, unverified
+    with pytest.raises(CheckpointRefused, match="signature does not match"):
+        Detector.load(path, other)
+    data = bytearray(path.read_bytes())
+    data[-40] ^= 1  # a bit flipped inside the pickle
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointRefused, match="signature does not match"):
+        Detector.load(path, key)
+    det.save(path)  # unsigned, as someone without the key would write it
+    with pytest.raises(CheckpointRefused, match="not signed"):
+        Detector.load(path, key)
+    assert Detector.load_or_prior(path, key).learned == Detector.prior().learned
 
 
 def test_the_shipped_prior_alerts_on_attacks_and_not_on_ordinary_work():
