@@ -17,7 +17,7 @@ import contextlib
 import getpass
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import click
@@ -35,6 +35,7 @@ from corestate.kernel.blockmap import BlockMapStore
 from corestate.repository.backend import Backend
 from corestate.repository.keys import Password, password_from_file
 from corestate.repository.repository import Repository
+from corestate.repository.snapshot import Snapshot
 
 
 PIPE_WIDTH = 4096  # the line width tables may take when stdout is not a terminal
@@ -108,6 +109,16 @@ class Context:
     def damaged_snapshot(self, snap_id: str, exc: CoreStateError) -> None:
         """The ``on_damaged`` of commands that list snapshots: warn and go on, as restic."""
         self.warn(f"snapshot {snap_id[:8]} skipped, it cannot be loaded: {exc}")
+
+    def chosen_snapshots(self, repo: Repository, refs: Sequence[str],
+                         host: str | None) -> list[Snapshot]:
+        """The snapshots a command names (ids, ``latest``), else every snapshot (of
+        ``host`` if given); damaged ones are skipped with a warning."""
+        if refs:
+            return [repo.find_snapshot(ref, host=host, on_damaged=self.damaged_snapshot)
+                    for ref in refs]
+        return [s for s in repo.list_snapshots(self.damaged_snapshot)
+                if host is None or s.hostname == host]
 
     def read_lock(self, repo: Repository) -> contextlib.AbstractContextManager[None]:
         """restic's non-exclusive lock for a command that only reads (prune waits for

@@ -35,12 +35,7 @@ def find(ctx: Context, patterns: tuple[str, ...], snapshot_refs: tuple[str, ...]
     repo = ctx.open_repo()
     with ctx.read_lock(repo):
         repo.load_index()
-        if snapshot_refs:
-            snaps = [repo.find_snapshot(ref, host=host, on_damaged=ctx.damaged_snapshot)
-                     for ref in snapshot_refs]
-        else:
-            snaps = [s for s in repo.list_snapshots(ctx.damaged_snapshot)
-                     if host is None or s.hostname == host]
+        snaps = ctx.chosen_snapshots(repo, snapshot_refs, host)
         skipped = Skipped(ctx)
         matches = finding.find(repo, patterns, snaps, ignore_case, skipped)
         if ctx.json:

@@ -38,12 +38,7 @@ def stats(ctx: Context, snapshot_refs: tuple[str, ...], mode: str, host: str | N
     repo = ctx.open_repo()
     with ctx.read_lock(repo), phase_bars(ctx) as progress:
         repo.load_index()
-        if snapshot_refs:
-            snaps = [repo.find_snapshot(ref, host=host, on_damaged=ctx.damaged_snapshot)
-                     for ref in snapshot_refs]
-        else:
-            snaps = [s for s in repo.list_snapshots(ctx.damaged_snapshot)
-                     if host is None or s.hostname == host]
+        snaps = ctx.chosen_snapshots(repo, snapshot_refs, host)
         skipped = Skipped(ctx)
         result = statistics.stats(repo, snaps, mode, progress, skipped)
     if ctx.json:

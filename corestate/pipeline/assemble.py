@@ -52,6 +52,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 from corestate.repository.tree import Node, encode_tree
+from corestate.repository.walk import fold
 from corestate.schemas.events import NodeMeta, Xattr
 
 _DIR_MODE = (1 << 31) | 0o755  # Go's os.ModeDir | rwxr-xr-x
@@ -103,30 +104,14 @@ class Assembly:
 
 
 def count_files(tree_id: bytes, load_tree: LoadTree, memo: dict[bytes, int]) -> int:
-    """Regular files below a stored tree, walking it (without recursion: trees may be
-    nested thousands deep); ``memo`` caches the count of every tree walked."""
-    if tree_id in memo:
-        return memo[tree_id]
-    loaded: dict[bytes, list[Node]] = {}
-    stack = [tree_id]
-    while stack:
-        tid = stack[-1]
-        if tid in memo:
-            stack.pop()
-            continue
-        nodes = loaded.get(tid)
-        if nodes is None:
-            nodes = loaded[tid] = load_tree(tid)
-            todo = [n.subtree for n in nodes if n.type == "dir" and n.subtree is not None
-                    and n.subtree not in memo]
-            if todo:
-                stack.extend(todo)
-                continue
-        stack.pop()
-        del loaded[tid]
-        memo[tid] = sum(1 if n.type == "file" else memo[n.subtree]
-                        if n.type == "dir" and n.subtree is not None else 0 for n in nodes)
-    return memo[tree_id]
+    """Regular files below a stored tree; ``memo`` caches the count of every tree
+    walked (:func:`~corestate.repository.walk.fold`)."""
+    return fold(tree_id, load_tree, memo, _files_in)
+
+
+def _files_in(_tree_id: bytes, nodes: list[Node], memo: Mapping[bytes, int]) -> int:
+    return sum(1 if n.type == "file" else memo[n.subtree]
+               if n.type == "dir" and n.subtree is not None else 0 for n in nodes)
 
 
 def _split(path: bytes) -> tuple[bytes, bytes]:

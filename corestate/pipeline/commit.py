@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -44,6 +44,7 @@ from corestate.repository.pack import BlobType
 from corestate.repository.repository import Repository
 from corestate.repository.snapshot import Snapshot
 from corestate.repository.tree import Node
+from corestate.repository.walk import fold
 from corestate.schemas.events import (BarrierAck, FileManifest, NodeMeta, SnapshotCommitted,
                                       SnapshotMarker)
 
@@ -343,34 +344,17 @@ class CommitStage:
                                    f"blob bitmap was not ({exc}); it is rebuilt when needed")
 
     def _tree_bitmap(self, tree_id: bytes, table: ordinals.OrdinalTable) -> BitMap:
-        """The bitmap of a stored tree and everything below it (memoized; walked without
-        recursion, since trees nest thousands deep)."""
-        memo = self._bitmaps
-        loaded: dict[bytes, list[Node]] = {}
-        stack = [tree_id]
-        while stack:
-            tid = stack[-1]
-            if tid in memo:
-                stack.pop()
-                continue
-            nodes = loaded.get(tid)
-            if nodes is None:
-                nodes = loaded[tid] = self.repo.load_tree(tid)
-                todo = [n.subtree for n in nodes if n.type == "dir" and n.subtree is not None
-                        and n.subtree not in memo]
-                if todo:
-                    stack.extend(todo)
-                    continue
-            stack.pop()
-            del loaded[tid]
+        """The bitmap of a stored tree and everything below it (memoized)."""
+        def combine(tid: bytes, nodes: list[Node], memo: Mapping[bytes, BitMap]) -> BitMap:
             parts = [table.ordinals([tid])]
             for n in nodes:
                 if n.type == "file" and n.content:
                     parts.append(table.ordinals(n.content))
                 elif n.type == "dir" and n.subtree is not None:
                     parts.append(memo[n.subtree])
-            memo[tid] = BitMap.union(*parts)
-        return memo[tree_id]
+            return BitMap.union(*parts)
+
+        return fold(tree_id, self.repo.load_tree, self._bitmaps, combine)
 
     def _keep(self, root: bytes, fresh: dict[bytes, BitMap]) -> dict[bytes, BitMap]:
         """The memo for the next run: the bitmaps of the new snapshot's trees (what the

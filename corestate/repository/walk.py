@@ -13,12 +13,15 @@ and siblings come in the order stored in the tree (sorted by name bytewise), the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
 
 from corestate.errors import IntegrityError, NotFoundError
 from corestate.repository.repository import Repository
 from corestate.repository.tree import Node
 
+
+_T = TypeVar("_T")
 
 OnError = Callable[[bytes, IntegrityError | NotFoundError], None]
 """``on_error(path, error)``: told of what a walk had to skip (see :func:`walk`)."""
@@ -92,3 +95,40 @@ def find_node(repo: Repository, tree_id: bytes, path: bytes) -> Node | None:
             return None
         current = node.subtree if node.type == "dir" else None
     return node
+
+
+def fold(tree_id: bytes, load_tree: Callable[[bytes], list[Node]], memo: dict[bytes, _T],
+         combine: Callable[[bytes, list[Node], Mapping[bytes, _T]], _T]) -> _T:
+    """A value computed for a stored tree from its nodes and the values of its subtrees,
+    bottom up: ``combine(tree_id, nodes, memo)`` runs once per tree, after every
+    subtree's value is in ``memo`` (read ``memo[node.subtree]`` there). ``memo`` keeps
+    the value of every tree folded, so shared and unchanged subtrees are loaded once;
+    the walk uses no recursion (trees may nest thousands deep).
+
+    >>> trees = {b"r": [Node(name=b"d", type="dir", subtree=b"s"), Node(name=b"f", type="file")],
+    ...          b"s": [Node(name=b"g", type="file")]}
+    >>> fold(b"r", trees.__getitem__, {}, lambda _id, nodes, memo: sum(
+    ...     1 if n.type == "file" else memo[n.subtree] for n in nodes))
+    2
+    """
+    if tree_id in memo:
+        return memo[tree_id]
+    loaded: dict[bytes, list[Node]] = {}
+    stack = [tree_id]
+    while stack:
+        tid = stack[-1]
+        if tid in memo:
+            stack.pop()
+            continue
+        nodes = loaded.get(tid)
+        if nodes is None:
+            nodes = loaded[tid] = load_tree(tid)
+            todo = [n.subtree for n in nodes if n.type == "dir" and n.subtree is not None
+                    and n.subtree not in memo]
+            if todo:
+                stack.extend(todo)
+                continue
+        stack.pop()
+        del loaded[tid]
+        memo[tid] = combine(tid, nodes, memo)
+    return memo[tree_id]
