@@ -22,7 +22,8 @@ import os
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
-from corestate.connectors.objectstore import ObjectStoreBackend, Retention, missing_extra
+from corestate.connectors.objectstore import (ObjectStoreBackend, Retention, WithoutLocks,
+                                             missing_extra)
 from corestate.connectors.url import Location
 from corestate.errors import CoreStateError, NotFoundError, PermanentError, RetryableError
 
@@ -47,7 +48,7 @@ def _client() -> Any:
                              "emulator)") from None
 
 
-class GCSStore:
+class GCSStore(WithoutLocks):
     """The :class:`~corestate.connectors.objectstore.Store` of one GCS bucket."""
 
     def __init__(self, loc: Location, chunk_size: int = CHUNK_SIZE) -> None:
@@ -124,15 +125,6 @@ class GCSStore:
         except Exception as exc:
             self._fail(exc, "listing", prefix)
         return iter(found)
-
-    def retained_until(self, key: str) -> float | None:
-        return None
-
-    def object_lock_enabled(self) -> bool:
-        return False
-
-    def set_storage_class(self, key: str, storage_class: str) -> None:
-        raise PermanentError(f"{self.loc}: storage classes are moved on S3 only here")
 
     def close(self) -> None:
         self.client.close()

@@ -114,6 +114,22 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+class WithoutLocks:
+    """What a :class:`Store` says where the service has no Object Lock and no storage
+    classes that CoreState moves (Azure, GCS here): nothing is locked, moving fails."""
+
+    loc: object
+
+    def retained_until(self, key: str) -> float | None:
+        return None
+
+    def object_lock_enabled(self) -> bool:
+        return False
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        raise PermanentError(f"{self.loc}: storage classes are moved on S3 only here")
+
+
 def _reopened(cls: type[ObjectStoreBackend], location: Location,
               retention: Retention | None) -> ObjectStoreBackend:
     backend = cls(location)  # type: ignore[call-arg]  # the subclasses take a location
