@@ -139,14 +139,7 @@ format_storage() {
 }
 
 # The pid in the pid file, if that process is alive and is our broker.
-running_pid() {
-  [[ -f "$PIDFILE" ]] || return 1
-  local pid
-  pid="$(cat "$PIDFILE")"
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "kafka.Kafka $PROPS" || return 1
-  echo "$pid"
-}
+running_pid() { pid_running "kafka.Kafka $PROPS"; }
 
 # Does the broker answer a Kafka request? A TCP connect alone is not enough: the port is
 # bound before the broker processes requests.

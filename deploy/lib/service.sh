@@ -106,6 +106,14 @@ pid_running() {
   echo "$pid"
 }
 
+# Does URL $1 answer with an HTTP status matching the pattern $2 (default: any status)?
+# (curl: for services whose readiness needs more than a bare HTTP/1.0 GET)
+http_answers() {
+  local code
+  code="$(curl -s -o /dev/null -m 3 -w '%{http_code}' "$1" 2>/dev/null)" || true
+  [[ "$code" =~ ^${2:-[1-5][0-9][0-9]}$ ]]
+}
+
 # Does http://127.0.0.1:$PORT$1 answer 200?
 http_ok() {
   local path=$1

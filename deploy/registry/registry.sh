@@ -84,14 +84,7 @@ fetch_app() {
 }
 
 # The pid in the pid file, if that process is alive and is our registry.
-running_pid() {
-  [[ -f "$PIDFILE" ]] || return 1
-  local pid
-  pid="$(cat "$PIDFILE")"
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-Dquarkus.http.port=$PORT " || return 1
-  echo "$pid"
-}
+running_pid() { pid_running "-Dquarkus.http.port=$PORT "; }
 
 # Does the Confluent-compatible API answer? The port opens before the API is served.
 reachable() {

@@ -43,21 +43,10 @@ KEY="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/K
 ENDPOINT="http://127.0.0.1:$PORT/$ACCOUNT"
 WHERE="at $ENDPOINT"
 
-running_pid() {
-  [[ -f "$PIDFILE" ]] || return 1
-  local pid
-  pid="$(cat "$PIDFILE")"
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--blobPort $PORT " || return 1
-  echo "$pid"
-}
+running_pid() { pid_running "--blobPort $PORT "; }
 
 # An unsigned request gets an HTTP error from the blob service: it is serving.
-reachable() {
-  local code
-  code="$(curl -s -o /dev/null -m 3 -w '%{http_code}' "$ENDPOINT?comp=list" 2>/dev/null)" || true
-  [[ "$code" =~ ^[1-5][0-9][0-9]$ ]]
-}
+reachable() { http_answers "$ENDPOINT?comp=list"; }
 
 # npm install once per version; a lock keeps parallel starts apart and the stamp is
 # written last, so an install cut short is done again.

@@ -42,20 +42,9 @@ LOGFILE="$DATA/gcs.log"
 ENDPOINT="http://127.0.0.1:$PORT"
 WHERE="at $ENDPOINT"
 
-running_pid() {
-  [[ -f "$PIDFILE" ]] || return 1
-  local pid
-  pid="$(cat "$PIDFILE")"
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-port $PORT " || return 1
-  echo "$pid"
-}
+running_pid() { pid_running "-port $PORT "; }
 
-reachable() {
-  local code
-  code="$(curl -s -o /dev/null -m 3 -w '%{http_code}' "$ENDPOINT/storage/v1/b" 2>/dev/null)" || true
-  [[ "$code" == 200 ]]
-}
+reachable() { http_answers "$ENDPOINT/storage/v1/b" 200; }
 
 cmd_start() {
   local pid

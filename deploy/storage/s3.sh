@@ -53,21 +53,10 @@ LOGFILE="$DATA/s3.log"
 ENDPOINT="http://127.0.0.1:$PORT"
 WHERE="at $ENDPOINT"
 
-running_pid() {
-  [[ -f "$PIDFILE" ]] || return 1
-  local pid
-  pid="$(cat "$PIDFILE")"
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--port 127.0.0.1:$PORT " || return 1
-  echo "$pid"
-}
+running_pid() { pid_running "--port 127.0.0.1:$PORT "; }
 
 # Any HTTP answer will do (an unsigned request gets 403): the server is serving.
-reachable() {
-  local code
-  code="$(curl -s -o /dev/null -m 3 -w '%{http_code}' "$ENDPOINT/" 2>/dev/null)" || true
-  [[ "$code" =~ ^[1-5][0-9][0-9]$ ]]
-}
+reachable() { http_answers "$ENDPOINT/"; }
 
 cmd_start() {
   local pid
