@@ -96,7 +96,11 @@ class Role:
 
     ``topics``: the input topics (full names). The stage sees one *lane* per topic and
     partition (:meth:`lane`): a role that reads two topics (the committer) must not
-    compare an offset of one with an offset of the other."""
+    compare an offset of one with an offset of the other.
+
+    Each lane has the offset of the record it must get next: set where the consumer
+    reads the partition from after an assignment (:meth:`reading_from`: its committed
+    offset), then one past each record handled."""
 
     def __init__(self, name: str, stage: Stage, send: Callable[[Emit], Any],
                  fail: Callable[[BaseException], None], codec: Codec | None = None,
@@ -154,8 +158,8 @@ class Role:
 
     async def _in_sequence(self, event: Any, lane: int) -> bool:
         """Whether ``event`` is the next record of its lane, the only one the stage may
-        get. A record already handled (a replay after a rebalance whose last commit
-        failed) is acknowledged and skipped: it is settled. A record past the next one
+        get. A record before it (handled already, or below the committed offset the lane
+        is read from) is acknowledged and skipped: it is settled. A record past the next one
         expected means records were skipped on the way (see :func:`_never_read`): the
         role seeks back to the expected offset (once; again after 1,000 records
         dropped) and skips records until it comes."""
@@ -252,6 +256,33 @@ class Role:
             await self._emit(self.stage.tick(time.monotonic()))
             self._ack_all()
 
+    async def reading_from(self, starts: Mapping[tuple[str, int], int]) -> None:
+        """The consumer reads these partitions (topic, partition) from these offsets now:
+        their committed offsets (the earliest for one never committed), sought to after
+        partitions were assigned (:func:`_read_from_committed`). Each lane's next record
+        is that one, whatever the lane expected before.
+
+        Before, a lane expected what this role last handled of it, or nothing if the
+        role never read it and then took its first record as it came: a record the
+        consumer skipped before it went unnoticed. So a committer new to a ``files``
+        partition started at its second record and refused the run whose first manifest
+        was the first ("146 of the 147 entries its agent sent arrived"). Now such a
+        skip is a gap: logged, and read again (:meth:`_in_sequence`). The soak shows
+        them on committed partitions too: a record past the committed one first.
+
+        A lane that got records since partitions were last revoked keeps its next
+        record: faust may seek to the committed offsets again while records flow (seen
+        in the soak), and what it replays then was handled already."""
+        async with self.lock:
+            for (topic, partition), offset in starts.items():
+                if self.topics and topic not in self.topics:
+                    continue
+                lane = self.lane(topic, partition)
+                if lane in self._pending:  # a record handled since the last revocation
+                    continue
+                self._next[lane] = offset
+                self._seeking.pop(lane, None)
+
     async def partitions_revoked(self) -> None:
         """Make durable and acknowledge what can be, then forget the rest: its records
         are not committed, so the partitions' new owner replays them."""
@@ -290,6 +321,41 @@ def _never_read(consumer: Any) -> None:
     directory's FileBegin this way, and a snapshot its entry. The roles keep order
     themselves (:meth:`Role._in_sequence`). Must run before the consumer starts."""
     consumer._read_offset = _NoReadOffsets()
+
+
+def _read_from_committed(consumer: Any, roles: Sequence[Role]) -> None:
+    """Make faust's seek to the committed offsets (after every rebalance, before records
+    flow again) seek every partition, and tell each role where its partitions are read
+    from (:meth:`Role.reading_from`). Must run before the consumer starts.
+
+    faust drops what it fetched for a new assignment while its flow is still paused
+    ("getmany called while flow not active") and seeks to the committed offsets to read
+    it again; aiokafka's ``seek_to_committed`` (0.14) seeks only partitions whose
+    committed offset is above 0. A partition never committed stayed where the fetch had
+    got to, and the records dropped were never read: seen in the soak, a committer new
+    to a ``files`` partition no run had used started at offset 1, its offset 0 the
+    run's first manifest. Such a partition is sought here to its earliest offset, where
+    a consumer with nothing committed starts."""
+    seek_to_committed = consumer.seek_to_committed
+    inputs = {t for role in roles for t in role.topics}
+
+    async def seek() -> Mapping[Any, int | None]:
+        committed = await seek_to_committed()
+        starts = {(tp.topic, tp.partition): offset for tp, offset in committed.items()
+                  if offset and tp.topic in inputs}
+        fresh = [tp for tp, offset in committed.items() if not offset and tp.topic in inputs]
+        try:
+            earliest = await consumer.earliest_offsets(*fresh) if fresh else {}
+            for tp, offset in earliest.items():
+                await consumer.seek(tp, offset)
+                starts[(tp.topic, tp.partition)] = offset
+        except Exception as exc:  # partitions moved again: the next rebalance seeks them
+            log.warning("could not seek partitions never committed to their start: %s", exc)
+        for role in roles:
+            await role.reading_from(starts)
+        return committed
+
+    consumer.seek_to_committed = seek
 
 
 def commit_line(event: SnapshotCommitted, now: datetime | None = None) -> str:
@@ -440,6 +506,8 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
                 await role.handle(event)
 
         app.agent(source, name=f"corestate.{name}", concurrency=1)(run)
+
+    _read_from_committed(app.consumer, built)
 
     @app.timer(COMMIT_SECONDS)
     async def tick() -> None:

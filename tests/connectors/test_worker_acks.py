@@ -205,3 +205,95 @@ def test_after_a_rebalance_a_record_beyond_the_replay_start_makes_the_role_seek_
 
     asyncio.run(run())
     assert [type(e) for e in sent] == [Manifest] and role.dead_letters == 0
+
+
+def test_a_lane_starts_where_the_consumer_reads_it_from_not_at_its_first_record(
+        tmp_path: Path) -> None:
+    """After a rebalance faust can hand over a record past the committed offset first. A
+    lane this role never read had no expectation to compare it with: the record was
+    taken as the lane's start and the ones before it, when they came, were skipped as
+    handled. An entry among them got no manifest, no gap was logged, and the committer
+    refused the run ("171 of the 172 entries its agent sent arrived"). Told where the
+    consumer reads each partition from, the role seeks back instead."""
+    from corestate.pipeline.chunk import ChunkStage
+    from corestate.schemas.events import FileBegin, FileEnd, FileManifest as Manifest
+
+    sent: list[Event] = []
+    seeks: list[tuple[str, int, int]] = []
+
+    async def send(emit: Emit) -> None:
+        sent.append(emit.event)
+
+    async def seek(topic: str, partition: int, offset: int) -> None:
+        seeks.append((topic, partition, offset))
+
+    def fail(exc: BaseException) -> None:
+        raise AssertionError(f"the role failed: {exc}")
+
+    role = Role("chunk", ChunkStage(1), send, fail, topics=["t.captures"], seek=seek)
+    meta = NodeMeta(type="dir", mode=0o755, mtime=1, atime=1, ctime=1, uid=0, gid=0)
+
+    def event(offset: int, path: bytes, kind: type) -> FakeEvent:
+        ev = dict(host="h", snapshot_id="s", path=path)
+        record = (FileBegin(node=meta, **ev) if kind is FileBegin
+                  else FileEnd(size=0, segments=0, consistent=True, **ev))
+        return FakeEvent(Message(encode(record), 0, offset, topic="t.captures"))
+
+    records = [event(3, b"/srv/d", FileBegin), event(4, b"/srv/d", FileEnd),
+               event(5, b"/srv/e", FileBegin), event(6, b"/srv/e", FileEnd)]
+
+    async def run() -> None:
+        await role.partitions_revoked()  # faust revokes first, even with nothing assigned
+        await role.reading_from({("t.captures", 0): 3, ("t.files", 0): 9})  # committed: 3
+        await role.handle(event(5, b"/srv/e", FileBegin))  # of a batch fetched before
+        assert seeks == [("t.captures", 0, 3)] and sent == []
+        for e in records:  # read again from the committed offset
+            await role.handle(e)
+        # faust seeks again when its table recovery ends: what it replays is handled
+        await role.reading_from({("t.captures", 0): 3})
+        await role.handle(event(3, b"/srv/d", FileBegin))
+
+    asyncio.run(run())
+    assert sorted(e.path for e in sent if isinstance(e, Manifest)) == [b"/srv/d", b"/srv/e"]
+    assert [e.acked for e in records] == [[3], [4], [5], [6]]
+
+
+def test_after_a_rebalance_a_partition_never_committed_is_read_from_its_start() -> None:
+    """faust seeks the assigned partitions to their committed offsets before records flow
+    again after a rebalance, to read again what it fetched and dropped while its flow was
+    paused; aiokafka seeks only offsets above 0, so a partition never committed was not
+    sought and those records were never read. The worker seeks it to its earliest offset,
+    and each role learns where its partitions are read from."""
+    from corestate.connectors.kafka_runner import _read_from_committed
+    from corestate.pipeline.chunk import ChunkStage
+
+    @dataclass(frozen=True)
+    class TP:
+        topic: str
+        partition: int
+
+    seeks: list[tuple[TP, int]] = []
+
+    class Consumer:
+        async def seek_to_committed(self) -> dict[TP, int | None]:
+            return {TP("t.captures", 0): 12, TP("t.captures", 1): None,
+                    TP("t.worker-blobs-changelog", 0): None}
+
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            return {tp: 0 for tp in tps}
+
+        async def seek(self, tp: TP, offset: int) -> None:
+            seeks.append((tp, offset))
+
+    async def send(emit: Emit) -> None:
+        pass
+
+    def fail(exc: BaseException) -> None:
+        raise AssertionError(f"the role failed: {exc}")
+
+    consumer = Consumer()
+    role = Role("chunk", ChunkStage(2), send, fail, topics=["t.captures"])
+    _read_from_committed(consumer, [role])
+    asyncio.run(consumer.seek_to_committed())  # as faust's perform_seek calls it
+    assert seeks == [(TP("t.captures", 1), 0)]
+    assert role._next == {0: 12, 1: 0}
