@@ -197,6 +197,9 @@ class Role:
         except (UndecodableEventError, RejectedEventError) as exc:
             emits = [self._dead_letter(msg, getattr(exc, "reason", None) or str(exc))]
             settled_alone = True  # the stage holds nothing of it
+        except BaseException:
+            self._next[lane] = msg.offset  # not handled: the retry must get it again
+            raise
         for emit in emits:
             await self._send(emit)
             if isinstance(emit.event, SnapshotCommitted):

@@ -34,7 +34,8 @@ from datetime import datetime, timezone
 
 from pyroaring import BitMap
 
-from corestate.errors import CoreStateError, IntegrityError, NotFoundError
+from corestate.errors import (CoreStateError, IntegrityError, NotFoundError,
+                              RepositoryLockedError, RetryableError)
 from corestate.pipeline.assemble import Parent, assemble, count_files
 from corestate.pipeline.jobs import ReadFailed, Record
 from corestate.pipeline.packer import Packer
@@ -185,8 +186,12 @@ class CommitStage:
             run = self._runs[snapshot_id]
             try:
                 report = self.commit(snapshot_id, run)
-            finally:
+            except (RetryableError, RepositoryLockedError):
+                raise  # the run is kept: the record that completed it is handled again
+            except BaseException:
                 self._drop(snapshot_id)
+                raise
+            self._drop(snapshot_id)
             yield Emit("snapshots", report.committed)
 
     def _run(self, snapshot_id: str, partition: int, position: int) -> _Run:

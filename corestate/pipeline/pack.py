@@ -183,10 +183,12 @@ class PackStage:
             self._holds.hold(partition, barrier, position)
             needed = self.barrier_sources or event.partition_count
             if len(seen) >= needed:
+                # flushed first: if the store fails, the barrier stays, and the marker,
+                # handled again, completes it again
+                yield from self.flush()
                 del self._markers[barrier]
                 self._begun.pop(barrier, None)
                 self._holds.release(barrier, partition)
-                yield from self.flush()
                 yield Emit("stored", BarrierAck(snapshot_id=event.snapshot_id,
                                                 packer_partition=partition, durable=True,
                                                 partition_count=self.chunk_partitions))

@@ -7,7 +7,10 @@ blobs to one open pack per blob type and, when a pack reaches the target size
 index entry. Finished packs are written by one *writer* thread behind a queue of
 :data:`WRITE_QUEUE` packs, so sealing goes on while a pack is fsynced.
 :meth:`Packer.flush` finishes every open pack and waits for the writer; after it
-returns, every blob given to :meth:`Packer.add` is durable.
+returns, every blob given to :meth:`Packer.add` is durable. A pack the store would not
+take (an outage outlasting the backend's retries) is kept, finished, and written again by
+the next :meth:`Packer.flush`, which raises the store's error until it succeeds: a caller
+that retries the flush loses nothing.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import threading
 
 import zstandard
 
-from corestate.repository.pack import (TARGET_PACK_SIZE, BlobType, PackBuilder, SealedBlob,
-                                       new_compressor, seal_blob)
+from corestate.repository.pack import (TARGET_PACK_SIZE, BlobType, PackBuilder, PackedBlob,
+                                       SealedBlob, new_compressor, seal_blob)
 from corestate.repository.repository import Repository
 
 _local = threading.local()
 WRITE_QUEUE = 1
+Finished = tuple[str, bytearray, list[PackedBlob]]  # PackBuilder.finish: id, bytes, entries
 
 
 def _compressor() -> zstandard.ZstdCompressor:
@@ -46,6 +50,8 @@ class Packer:
         self.bytes_stored = 0
         self._queue: queue.Queue[PackBuilder | None] = queue.Queue(WRITE_QUEUE)
         self._error: BaseException | None = None
+        self._unwritten: list[Finished] = []  # finished packs the store did not take
+        self._unwritten_lock = threading.Lock()
         self._writer = threading.Thread(target=self._write_loop, name="pack-writer", daemon=True)
         self._writer.start()
 
@@ -74,9 +80,13 @@ class Packer:
         while True:
             builder = self._queue.get()
             try:
-                if builder is not None and self._error is None:
-                    pack_id, data, entries = builder.finish(self._repo.key)
-                    self._repo.add_pack(pack_id, data, entries)
+                if builder is not None:
+                    finished = builder.finish(self._repo.key)
+                    if self._error is None:
+                        self._write(finished)
+                    else:  # the store is failing: kept for the next flush
+                        with self._unwritten_lock:
+                            self._unwritten.append(finished)
             except BaseException as exc:  # reported by flush
                 self._error = exc
             finally:
@@ -84,14 +94,34 @@ class Packer:
             if builder is None:
                 return
 
+    def _write(self, finished: Finished) -> None:
+        try:
+            self._repo.add_pack(*finished)
+        except BaseException as exc:
+            with self._unwritten_lock:
+                self._unwritten.append(finished)
+            self._error = exc
+
     def flush(self) -> None:
-        """Write every open pack and wait until all packs are stored."""
+        """Write every open pack, and every pack an earlier flush could not, and wait
+        until all packs are stored; raise the store's error if one still is not."""
         with self._lock:
             builders, self._open = list(self._open.values()), {}
         for b in builders:
             if len(b):
                 self._queue.put(b)
         self._queue.join()
+        if self._error is None:
+            return
+        with self._unwritten_lock:
+            unwritten, self._unwritten = self._unwritten, []
+        self._error = None
+        for finished in unwritten:
+            if self._error is None:
+                self._write(finished)
+            else:
+                with self._unwritten_lock:
+                    self._unwritten.append(finished)
         if self._error is not None:
             raise self._error
 

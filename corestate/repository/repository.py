@@ -216,7 +216,12 @@ class Repository:
             pending, self._pending = self._pending, {}
         if not pending:
             return None
-        file_id = self.save_json(Kind.INDEX, index_to_json(pending))
+        try:
+            file_id = self.save_json(Kind.INDEX, index_to_json(pending))
+        except BaseException:  # still to be indexed: the next flush writes them
+            with self._lock:
+                self._pending = {**pending, **self._pending}
+            raise
         with self._lock:
             self.index.files.add(file_id)
         return file_id

@@ -297,3 +297,38 @@ def test_after_a_rebalance_a_partition_never_committed_is_read_from_its_start() 
     asyncio.run(consumer.seek_to_committed())  # as faust's perform_seek calls it
     assert seeks == [(TP("t.captures", 1), 0)]
     assert role._next == {0: 12, 1: 0}
+
+
+def test_a_record_whose_store_write_failed_is_handled_again_not_skipped(tmp_path: Path) -> None:
+    """The store goes away while a packer completes a barrier (for longer than the
+    backend's own retries): the role retries that record until the store is back. It
+    must hand the stage the same record again, not take it as handled and skip it."""
+    from tests.pipeline.test_store_outage import OutageBackend
+
+    store = OutageBackend(open_backend(str(tmp_path / "repo")))
+    repo = Repository.init(store, PASSWORD)
+    sent: list[Event] = []
+
+    async def send(emit: Emit) -> None:
+        sent.append(emit.event)
+
+    def fail(exc: BaseException) -> None:
+        raise AssertionError(f"the role failed: {exc}")
+
+    role = Role("pack", PackStage(repo, 1, IndexShare({}, set())), send, fail)
+    events = [chunk_event(0), end_event(1, source=0), end_event(2, source=1)]
+
+    async def back_soon() -> None:
+        await asyncio.sleep(0.3)
+        store.down = False
+
+    async def run() -> None:
+        await role.partitions_revoked()
+        await role.handle(events[0])
+        await role.handle(events[1])
+        store.down = True
+        await asyncio.gather(role.handle(events[2]), back_soon())  # retried after 1 s
+
+    asyncio.run(run())
+    assert [type(e) for e in sent] == [BarrierAck]
+    assert [e.acked for e in events] == [[0], [1], [2]]
