@@ -80,6 +80,11 @@ INPUTS = {"chunk": ("captures",), "pack": ("chunks",), "commit": ("files", "stor
           "guard": ("alerts",)}
 COMMIT_SECONDS = 1.0
 PACK_FLUSH_SECONDS = 30.0
+# How often the consumer refreshes the cluster's metadata even when nothing seems to have
+# changed (faust's default: 5 min). A worker that joins while its topics are not listed
+# (right after a broker restart, or topics deleted and created again) is assigned
+# nothing; only a refresh that finds the topics makes it rejoin and take partitions.
+METADATA_SECONDS = 15.0
 SESSION_TIMEOUT = 10.0  # a killed worker's partitions move after this long
 RETRY_MAX_SECONDS = 30.0
 
@@ -453,6 +458,7 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
         broker_session_timeout=SESSION_TIMEOUT, broker_heartbeat_interval=2.0,
         broker_commit_interval=COMMIT_SECONDS, broker_commit_every=10_000,
         consumer_auto_offset_reset="earliest", consumer_max_fetch_size=biggest * 4,
+        consumer_metadata_max_age_ms=int(METADATA_SECONDS * 1000),
         producer_max_request_size=biggest, producer_acks=-1,
         stream_buffer_maxsize=64, stream_wait_empty=False, stream_recovery_delay=0.5,
         stream_ack_exceptions=False, stream_ack_cancelled_tasks=False)

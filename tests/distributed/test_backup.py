@@ -241,6 +241,43 @@ def test_the_backup_completes_when_the_broker_returns_after_a_stop(tmp_path: Pat
     assert_restic_restores(repo, event, src, tmp_path / "out")
 
 
+def test_a_worker_takes_its_topics_again_when_they_come_back(tmp_path: Path,
+                                                          cluster: Cluster) -> None:
+    """A worker whose topics are not listed when it joins the group (right after a broker
+    restart, seen in the soak; here: deleted and created again) is assigned nothing. It
+    must notice them at its next metadata refresh and take its partitions again, not
+    sit idle until something else makes the group rebalance (faust's default refresh:
+    5 minutes)."""
+    from confluent_kafka.admin import AdminClient
+
+    from corestate.connectors import kafka_topics as kt
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("after the topics came back\n")
+    repo = init_repo(tmp_path)
+    log = tmp_path / "worker.log"
+    worker = cluster.worker(repo, log=log)
+    try:
+        time.sleep(12)  # the group forms
+        admin = AdminClient({"bootstrap.servers": cluster.broker.bootstrap})
+        ours = [s.name(cluster.prefix) for s in kt.TOPICS]
+        for done in admin.delete_topics(ours).values():
+            done.result()
+        while set(ours) & set(admin.list_topics(timeout=10).topics):
+            time.sleep(0.5)
+        time.sleep(10)  # the worker rejoins with nothing to read
+        statuses = kt.create_topics(cluster.broker.bootstrap, partitions=cluster.partitions,
+                                    prefix=cluster.prefix)
+        assert all(s.ok for s in statuses), [s.problems for s in statuses]
+        cluster.agent(str(src), host_id="h1")
+        records = cluster.consume("snapshots", 1, timeout=90)
+        assert len(records) == 1, log.read_text()[-3000:]
+    finally:
+        stop(worker)
+    assert_restic_restores(repo, decode(records[0][1], SnapshotCommitted), src, tmp_path / "out")
+
+
 def test_an_agent_killed_mid_run_then_run_again_gives_a_complete_snapshot(tmp_path: Path,
                                                                          cluster: Cluster) -> None:
     from confluent_kafka import Consumer, TopicPartition
