@@ -78,7 +78,9 @@ def started(tmp_path: Path, n: int, *args: str) -> tuple[Path, list[Path], Prote
     run_corestate("init", "--repo", str(repo))
     p = Protect(repo, src, *args)
     p.wait("snapshot")
-    time.sleep(1.0)  # the detector sketches the existing files in the background
+    # the detector sketches the existing files in the background; and a snapshot counts as
+    # clean only if it was committed more than the sentinel's slack (1 s) before an attack
+    time.sleep(2.5)
     return repo, docs, p
 
 

@@ -147,6 +147,13 @@ def test_every_dashboard_panel_shows_data(tmp_path: Path, cluster: Cluster,
                      "corestate_check_success == 1"):
             prometheus.wait_for(expr, timeout=120)
         assert len(prometheus.values('up{job="corestate"} == 1')) == 3
+        # a rate needs an increase between two scrapes: commits that all came before the
+        # first scrape give none, so one more change on each side, seen in the rates
+        for root in (protected, watched):
+            (root / "late.txt").write_text("one more change\n")
+        for expr in ("sum(rate(corestate_snapshot_commit_latency_seconds_count[5m])) > 0",
+                     "sum(rate(corestate_protect_rpo_seconds_count[5m])) > 0"):
+            prometheus.wait_for(expr, timeout=120)
         time.sleep(3.0)  # a few more scrapes, so rates have two points everywhere
 
         queries = dashboard_queries()
