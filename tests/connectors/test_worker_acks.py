@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from corestate.connectors.kafka_runner import Role
 from corestate.connectors.url import open_backend
@@ -59,16 +60,32 @@ def end_event(offset: int, source: int, partitions: int = 2, partition: int = 0)
     return FakeEvent(Message(encode(marker), partition, offset))
 
 
-def pack_role(tmp_path: Path, sent: list[Event]) -> Role:
-    repo = Repository.init(open_backend(str(tmp_path / "repo")), PASSWORD)
+class Probe:
+    """A role's surroundings, recorded: what it sent and where it sought."""
 
-    async def send(emit: Emit) -> None:
-        sent.append(emit.event)
+    def __init__(self) -> None:
+        self.sent: list[Event] = []
+        self.seeks: list[tuple[str, int, int]] = []
 
+    async def send(self, emit: Emit) -> None:
+        self.sent.append(emit.event)
+
+    async def seek(self, topic: str, partition: int, offset: int) -> None:
+        self.seeks.append((topic, partition, offset))
+
+    @staticmethod
     def fail(exc: BaseException) -> None:
         raise AssertionError(f"the role failed: {exc}")
 
-    return Role("pack", PackStage(repo, 1, IndexShare({}, set())), send, fail)
+    def role(self, name: str, stage: Any, topics: list[str] | None = None) -> Role:
+        return Role(name, stage, self.send, self.fail, topics=topics or [], seek=self.seek)
+
+
+def pack_role(tmp_path: Path, sent: list[Event]) -> Role:
+    repo = Repository.init(open_backend(str(tmp_path / "repo")), PASSWORD)
+    probe = Probe()
+    probe.sent = sent
+    return probe.role("pack", PackStage(repo, 1, IndexShare({}, set())))
 
 
 def test_a_chunk_is_acknowledged_only_after_the_flush_that_made_it_durable(tmp_path: Path) -> None:
@@ -111,13 +128,7 @@ def test_the_committer_never_compares_offsets_of_its_two_topics(tmp_path: Path) 
     a snapshot still waiting for its other packer (its records are in memory only)."""
     repo = Repository.init(open_backend(str(tmp_path / "repo")), PASSWORD)
 
-    async def send(emit: Emit) -> None:
-        pass
-
-    def fail(exc: BaseException) -> None:
-        raise AssertionError(f"the role failed: {exc}")
-
-    role = Role("commit", CommitStage(repo), send, fail, topics=["t.files", "t.stored"])
+    role = Probe().role("commit", CommitStage(repo), topics=["t.files", "t.stored"])
     meta = NodeMeta(type="file", mode=0o644, mtime=1, atime=1, ctime=1, uid=0, gid=0)
     manifest = FakeEvent(Message(encode(FileManifest(snapshot_id="s", path=b"/srv/a", node=meta,
                                                      blobs=())), 0, 120, topic="t.files"))
@@ -139,13 +150,7 @@ def test_a_dead_letter_is_acknowledged_only_after_the_records_before_it(tmp_path
     from corestate.pipeline.chunk import ChunkStage
     from corestate.schemas.events import FileBegin, FileEnd
 
-    async def send(emit: Emit) -> None:
-        pass
-
-    def fail(exc: BaseException) -> None:
-        raise AssertionError(f"the role failed: {exc}")
-
-    role = Role("chunk", ChunkStage(1), send, fail)
+    role = Probe().role("chunk", ChunkStage(1))
     meta = NodeMeta(type="dir", mode=0o755, mtime=1, atime=1, ctime=1, uid=0, gid=0)
     ev = dict(host="h", snapshot_id="s", path=b"/srv/d")
     events = [FakeEvent(Message(encode(FileBegin(node=meta, **ev)), 0, 0, topic="t.captures")),
@@ -171,19 +176,9 @@ def test_after_a_rebalance_a_record_beyond_the_replay_start_makes_the_role_seek_
     from corestate.pipeline.chunk import ChunkStage
     from corestate.schemas.events import FileBegin, FileEnd, FileManifest as Manifest
 
-    sent: list[Event] = []
-    seeks: list[tuple[str, int, int]] = []
-
-    async def send(emit: Emit) -> None:
-        sent.append(emit.event)
-
-    async def seek(topic: str, partition: int, offset: int) -> None:
-        seeks.append((topic, partition, offset))
-
-    def fail(exc: BaseException) -> None:
-        raise AssertionError(f"the role failed: {exc}")
-
-    role = Role("chunk", ChunkStage(1), send, fail, seek=seek)
+    probe = Probe()
+    sent, seeks = probe.sent, probe.seeks
+    role = probe.role("chunk", ChunkStage(1))
     meta = NodeMeta(type="dir", mode=0o755, mtime=1, atime=1, ctime=1, uid=0, gid=0)
     ev = dict(host="h", snapshot_id="s", path=b"/srv/d")
 
@@ -218,19 +213,9 @@ def test_a_lane_starts_where_the_consumer_reads_it_from_not_at_its_first_record(
     from corestate.pipeline.chunk import ChunkStage
     from corestate.schemas.events import FileBegin, FileEnd, FileManifest as Manifest
 
-    sent: list[Event] = []
-    seeks: list[tuple[str, int, int]] = []
-
-    async def send(emit: Emit) -> None:
-        sent.append(emit.event)
-
-    async def seek(topic: str, partition: int, offset: int) -> None:
-        seeks.append((topic, partition, offset))
-
-    def fail(exc: BaseException) -> None:
-        raise AssertionError(f"the role failed: {exc}")
-
-    role = Role("chunk", ChunkStage(1), send, fail, topics=["t.captures"], seek=seek)
+    probe = Probe()
+    sent, seeks = probe.sent, probe.seeks
+    role = probe.role("chunk", ChunkStage(1), topics=["t.captures"])
     meta = NodeMeta(type="dir", mode=0o755, mtime=1, atime=1, ctime=1, uid=0, gid=0)
 
     def event(offset: int, path: bytes, kind: type) -> FakeEvent:
@@ -285,14 +270,8 @@ def test_after_a_rebalance_a_partition_never_committed_is_read_from_its_start() 
         async def seek(self, tp: TP, offset: int) -> None:
             seeks.append((tp, offset))
 
-    async def send(emit: Emit) -> None:
-        pass
-
-    def fail(exc: BaseException) -> None:
-        raise AssertionError(f"the role failed: {exc}")
-
     consumer = Consumer()
-    role = Role("chunk", ChunkStage(2), send, fail, topics=["t.captures"])
+    role = Probe().role("chunk", ChunkStage(2), topics=["t.captures"])
     _read_from_committed(consumer, [role])
     asyncio.run(consumer.seek_to_committed())  # as faust's perform_seek calls it
     assert seeks == [(TP("t.captures", 1), 0)]
@@ -307,15 +286,9 @@ def test_a_record_whose_store_write_failed_is_handled_again_not_skipped(tmp_path
 
     store = OutageBackend(open_backend(str(tmp_path / "repo")))
     repo = Repository.init(store, PASSWORD)
-    sent: list[Event] = []
-
-    async def send(emit: Emit) -> None:
-        sent.append(emit.event)
-
-    def fail(exc: BaseException) -> None:
-        raise AssertionError(f"the role failed: {exc}")
-
-    role = Role("pack", PackStage(repo, 1, IndexShare({}, set())), send, fail)
+    probe = Probe()
+    sent = probe.sent
+    role = probe.role("pack", PackStage(repo, 1, IndexShare({}, set())))
     events = [chunk_event(0), end_event(1, source=0), end_event(2, source=1)]
 
     async def back_soon() -> None:
