@@ -324,8 +324,9 @@ class Detector:
             raise CheckpointRefused(f"{what}: not a detector checkpoint of this version")
         try:
             doc = _CheckpointUnpickler(io.BytesIO(payload)).load()
-        except Exception as exc:  # unpickling can raise anything
-            raise CheckpointRefused(f"{what}: not a detector checkpoint ({exc})") from None
+        except Exception as exc:  # unpickling can raise anything, in several lines
+            reason = " ".join(str(exc).split())
+            raise CheckpointRefused(f"{what}: not a detector checkpoint ({reason})") from None
         if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointRefused(f"{what}: unknown detector checkpoint format")
         if tuple(doc.get("features", ())) != FEATURE_NAMES:

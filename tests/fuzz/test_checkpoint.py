@@ -74,6 +74,10 @@ def check(target: str, data: bytes) -> None:
         assert isinstance(exc, CheckpointRefused) and str(exc) and "\n" not in str(exc)
 
 
+def test_a_multi_line_unpickling_error_is_one_line() -> None:
+    check("loads_framed", b"P")  # pickle's own message for a persistent id has two lines
+
+
 def test_seeds_load() -> None:
     for name, seeds in SEEDS.items():
         for seed in seeds:
