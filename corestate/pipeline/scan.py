@@ -233,7 +233,7 @@ class Scanner:
                 # to, even through a symlink (the user named the path); all else as is
                 above = only is not None and only[name] is not None
                 st = os.stat(full) if above else os.lstat(full)
-                node = node_from_stat(name, full, st)
+                node = node_from_stat(name, full, st, prev)
             except FileNotFoundError:
                 if prev is not None:
                     self._removed(d, full)

@@ -19,6 +19,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 import zstandard
 
@@ -40,10 +41,10 @@ ZSTD_ENTRY = 1 + 4 + 4 + 32
 TARGET_PACK_SIZE = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class PackedBlob:
+class PackedBlob(NamedTuple):
     """Where one blob lives in its pack. ``length`` is the stored (encrypted) length;
-    ``uncompressed_length`` is 0 for an uncompressed blob."""
+    ``uncompressed_length`` is 0 for an uncompressed blob. (A named tuple: an index
+    holds one per blob, and it is built three times faster than a frozen dataclass.)"""
 
     id: bytes
     type: BlobType

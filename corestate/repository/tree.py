@@ -287,20 +287,24 @@ class Node:
     @classmethod
     def _well_formed(cls, d: object) -> Node:
         """The common case, fast: every field present has its type; anything else
-        raises and :meth:`_field_by_field` says what is wrong."""
+        raises and :meth:`_field_by_field` says what is wrong. (Written out field by
+        field: a tree of 100,000 files decodes this 100,000 times.)"""
         if type(d) is not dict:
             raise _Irregular
         get = d.get
-        ints = [get(k) for k in _INT_FIELDS]
-        if any(v is not None and type(v) is not int for v in ints):
+        # (a JSON null, or a value of another type, takes the slow path)
+        mode, uid, gid = get("mode", 0), get("uid", 0), get("gid", 0)
+        inode, device_id, size = get("inode", 0), get("device_id", 0), get("size", 0)
+        links, device = get("links", 0), get("device", 0)
+        if not (type(mode) is type(uid) is type(gid) is type(inode) is type(device_id)
+                is type(size) is type(links) is type(device) is int):
+            raise _Irregular  # bool is not int here either
+        name, ntype = get("name"), get("type")
+        user, group = get("user", ""), get("group", "")
+        link, error = get("linktarget", ""), get("error", "")
+        if not (type(name) is type(ntype) is type(user) is type(group) is type(link)
+                is type(error) is str) or not ntype:
             raise _Irregular
-        texts = [get(k) for k in _TEXT_FIELDS]
-        if any(v is not None and type(v) is not str for v in texts):
-            raise _Irregular
-        name, ntype, user, group, link, error = texts
-        if not ntype or name is None:
-            raise _Irregular
-        mode, uid, gid, inode, device_id, size, links, device = (v or 0 for v in ints)
         raw_link = get("linktarget_raw")
         content = get("content")
         subtree = get("subtree")
@@ -308,13 +312,12 @@ class Node:
         return cls(
             name=unquote_name(name), type=ntype, mode=mode,
             mtime=_time(get("mtime") or ""), atime=_time(get("atime") or ""),
-            ctime=_time(get("ctime") or ""), uid=uid, gid=gid, user=user or "",
-            group=group or "", inode=inode, device_id=device_id, size=size, links=links,
-            linktarget=_b64(raw_link) if raw_link else (link or "").encode(
-                "utf-8", "surrogatepass"),
+            ctime=_time(get("ctime") or ""), uid=uid, gid=gid, user=user,
+            group=group, inode=inode, device_id=device_id, size=size, links=links,
+            linktarget=_b64(raw_link) if raw_link else link.encode("utf-8", "surrogatepass"),
             device=device, content=None if content is None else _ids(content),
             subtree=None if subtree is None else _id(subtree),
-            xattrs=[] if xattrs is None else _xattrs(xattrs), error=error or "",
+            xattrs=[] if xattrs is None else _xattrs(xattrs), error=error,
             stored_json=d)
 
     @classmethod
@@ -364,8 +367,6 @@ class _Irregular(Exception):
     """A node's JSON is not in the common shape: read it field by field."""
 
 
-_INT_FIELDS = ("mode", "uid", "gid", "inode", "device_id", "size", "links", "device")
-_TEXT_FIELDS = ("name", "type", "user", "group", "linktarget", "error")
 
 
 def _text(value: object) -> str:

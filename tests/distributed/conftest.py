@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class Cluster:
     broker: Broker
     prefix: str
     partitions: int
+    logs: list[Path] = field(default_factory=list)  # the workers' logs, for failures
 
     def cli(self, *args: str) -> list[str]:
         return [sys.executable, "-c", "from corestate.cli.main import main; main()", *args]
@@ -57,14 +58,24 @@ class Cluster:
             raise AssertionError(f"agent exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def worker(self, repo: Path, roles: str | None = None,
-               log: Path | None = None) -> subprocess.Popen[bytes]:
-        """A worker process; ``roles`` None runs the default roles (all of them)."""
+    def worker(self, repo: Path, roles: str | None = None, log: Path | None = None,
+               verbose: bool = False) -> subprocess.Popen[bytes]:
+        """A worker process; ``roles`` None runs the default roles (all of them);
+        ``verbose`` logs faust's progress too (group joins, table recovery)."""
         out = open(log, "ab") if log else subprocess.DEVNULL
-        return subprocess.Popen(self.cli("worker", "--bootstrap", self.broker.bootstrap,
+        if log and log not in self.logs:
+            self.logs.append(log)
+        return subprocess.Popen(self.cli(*(("-v",) if verbose else ()), "worker",
+                                         "--bootstrap", self.broker.bootstrap,
                                          "--repo", str(repo), "--prefix", self.prefix,
                                          *(("--roles", roles) if roles else ())),
                                 stdout=out, stderr=out, env=self.env(), cwd=ROOT)
+
+    def log_tails(self, lines: int = 80) -> str:
+        """The end of every worker log of this test, to say why something did not come."""
+        return "\n".join(f"--- {log.name} (last {lines} lines):\n"
+                         + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+                         for log in self.logs if log.exists())
 
     def commits(self, want: set[str], timeout: float = 240) -> dict[str, Any]:
         """The SnapshotCommitted events of the runs ``want`` (by snapshot id), waiting for

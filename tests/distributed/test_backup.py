@@ -33,9 +33,9 @@ def init_repo(tmp_path: Path) -> Path:
     return repo
 
 
-def committed(cluster: Cluster, n: int) -> list[SnapshotCommitted]:
-    records = cluster.consume("snapshots", n)
-    assert len(records) == n, f"{len(records)} of {n} snapshots committed"
+def committed(cluster: Cluster, n: int, timeout: float = 120) -> list[SnapshotCommitted]:
+    records = cluster.consume("snapshots", n, timeout)
+    assert len(records) == n, f"{len(records)} of {n} snapshots committed\n{cluster.log_tails()}"
     return [decode(v, SnapshotCommitted) for _, v in records]
 
 def assert_restic_restores(repo: Path, event: SnapshotCommitted, src: Path, target: Path) -> None:
@@ -361,7 +361,7 @@ def test_a_restarted_packer_recovers_its_index_share_from_the_changelog(tmp_path
     src = big_tree(tmp_path / "src", files=3, size=3 << 20)
     repo = init_repo(tmp_path)
     log = tmp_path / "worker.log"
-    worker = cluster.worker(repo, log=log)
+    worker = cluster.worker(repo, log=log, verbose=True)
     try:
         cluster.agent(str(src), host_id="h1")
         committed(cluster, 1)
@@ -372,10 +372,11 @@ def test_a_restarted_packer_recovers_its_index_share_from_the_changelog(tmp_path
     assert not list((repo / "locks").iterdir()), "a stopped worker leaves no lock"
     packs_before = {p.name for p in (repo / "data").rglob("*") if p.is_file()}
 
-    worker = cluster.worker(repo, log=log)
+    worker = cluster.worker(repo, log=log, verbose=True)
     try:
         cluster.agent(str(src), host_id="h1")
-        first, second = committed(cluster, 2)
+        # the new worker restores the table before it takes a record: slow under load
+        first, second = committed(cluster, 2, timeout=240)
     finally:
         stop(worker)
     assert first.restic_id != second.restic_id

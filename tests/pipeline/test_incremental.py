@@ -61,3 +61,43 @@ def test_dirty_directories_only(tmp_path):
     target = tmp_path / "out"
     run_restic("-r", str(tmp_path / "repo"), "restore", "latest", "--target", str(target))
     assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+
+
+def test_extended_attributes_are_read_again_only_when_ctime_moved(tmp_path, monkeypatch):
+    """An entry whose ctime, inode and device are the parent's keeps the parent's xattrs
+    without asking the kernel (setting or removing one changes ctime); a changed one is
+    read again and the snapshot records the new attributes."""
+    from corestate.pipeline import capture
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("kept", "changed", "plain"):
+        (src / name).write_text(name)
+    try:
+        os.setxattr(src / "kept", "user.tag", b"one")
+        os.setxattr(src / "changed", "user.tag", b"one")
+    except OSError as exc:
+        pytest.fail(f"this file system keeps no user xattrs ({exc}); tests need one that does")
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), "pw")
+    backup(repo, BackupOptions(paths=[str(src)]))
+    os.setxattr(src / "changed", "user.tag", b"two")  # content, size and mtime unchanged
+    asked: list[bytes] = []
+    real = capture._xattrs
+
+    def counting(path: bytes) -> list[tuple[str, bytes]]:
+        asked.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(capture, "_xattrs", counting)
+    second = backup(repo, BackupOptions(paths=[str(src)]))
+    assert sorted(asked) == [b"changed"]  # of the files, only the one whose ctime moved
+    repo = Repository.open(LocalBackend(str(tmp_path / "repo")), "pw")
+    repo.load_index()
+    snap = repo.find_snapshot(second.snapshot_id)
+    node = snap.tree
+    for part in os.fsencode(str(src)).strip(b"/").split(b"/"):
+        node = next(n for n in repo.load_tree(node) if n.name == part).subtree
+    nodes = {n.name: n for n in repo.load_tree(node)}
+    assert nodes[b"kept"].xattrs == [("user.tag", b"one")]
+    assert nodes[b"changed"].xattrs == [("user.tag", b"two")]
+    assert nodes[b"plain"].xattrs == []

@@ -91,8 +91,8 @@ def _after_scan(monkeypatch: pytest.MonkeyPatch, module: object, target: Path,
     real = module.node_from_stat  # type: ignore[attr-defined]
     done: list[int] = []
 
-    def hook(name: bytes, path: bytes, st: os.stat_result) -> Node:
-        node = real(name, path, st)
+    def hook(name: bytes, path: bytes, st: os.stat_result, known: Node | None = None) -> Node:
+        node = real(name, path, st, known)
         if path == os.fsencode(target) and not done:
             done.append(1)
             swap()
