@@ -128,7 +128,8 @@ class _Dir:
     clean: bool = True  # nothing at or below it captured or removed
     complete: bool = True  # every entry below it looked at (its summary can be made)
     files: int = 0
-    parts: list[BitMap] = field(default_factory=list)
+    blobs: list[bytes] = field(default_factory=list)  # of its unchanged files
+    parts: list[BitMap] = field(default_factory=list)  # of its untouched subdirectories
 
 
 class Scanner:
@@ -289,7 +290,8 @@ class Scanner:
                 self.report.dirs_changed += 1
             if unchanged_below and d.complete and self.summaries is not None:
                 assert prev is not None and prev.subtree is not None
-                bitmap = BitMap.union(self.summaries.blob_ordinals([prev.subtree]), *d.parts)
+                bitmap = BitMap.union(self.summaries.blob_ordinals([prev.subtree, *d.blobs]),
+                                      *d.parts)
                 self.summaries.subtree(prev.subtree, d.files, bitmap)
                 up.files += d.files
                 up.parts.append(bitmap)
@@ -313,8 +315,8 @@ class Scanner:
             report.files_unmodified += 1
             report.bytes_unmodified += prev.size
             d.files += 1
-            if prev.content and self.summaries is not None:
-                d.parts.append(self.summaries.blob_ordinals(prev.content))
+            if prev.content:
+                d.blobs.extend(prev.content)  # one bitmap per directory, when it is done
             return
         d.clean = False
         previous = None
