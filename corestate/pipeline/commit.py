@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -329,15 +329,11 @@ class CommitStage:
             table = self._table
             bitmaps: dict[bytes, BitMap] = {}
             for tree_id, nodes in built.items():  # children before their parents
-                parts = [table.ordinals([tree_id])]
-                for n in nodes:
-                    if n.type == "file" and n.content:
-                        parts.append(table.ordinals(n.content))
-                    elif n.type == "dir" and n.subtree is not None:
-                        parts.append(bitmaps.get(n.subtree) or self._tree_bitmap(n.subtree, table))
-                bitmaps[tree_id] = BitMap.union(*parts)
+                bitmaps[tree_id] = _tree_bitmap(
+                    tree_id, nodes, table,
+                    lambda sub: bitmaps.get(sub) or self._stored_tree_bitmap(sub, table))
             root = report.snapshot.tree
-            bitmap = bitmaps.get(root) or self._tree_bitmap(root, table)
+            bitmap = bitmaps.get(root) or self._stored_tree_bitmap(root, table)
             self._bitmaps = self._keep(root, bitmaps)
             for warning in (ordinals.store_table(self.repo, table),
                             ordinals.save_bitmap(self.repo, report.snapshot.id, bitmap, table)):
@@ -348,16 +344,10 @@ class CommitStage:
             report.warnings.append(f"snapshot {report.snapshot.short_id} was saved, but its "
                                    f"blob bitmap was not ({exc}); it is rebuilt when needed")
 
-    def _tree_bitmap(self, tree_id: bytes, table: ordinals.OrdinalTable) -> BitMap:
+    def _stored_tree_bitmap(self, tree_id: bytes, table: ordinals.OrdinalTable) -> BitMap:
         """The bitmap of a stored tree and everything below it (memoized)."""
         def combine(tid: bytes, nodes: list[Node], memo: Mapping[bytes, BitMap]) -> BitMap:
-            parts = [table.ordinals([tid])]
-            for n in nodes:
-                if n.type == "file" and n.content:
-                    parts.append(table.ordinals(n.content))
-                elif n.type == "dir" and n.subtree is not None:
-                    parts.append(memo[n.subtree])
-            return BitMap.union(*parts)
+            return _tree_bitmap(tid, nodes, table, memo.__getitem__)
 
         return fold(tree_id, self.repo.load_tree, self._bitmaps, combine)
 
@@ -366,3 +356,17 @@ class CommitStage:
         next run of the same paths can reuse), bounded like the file counts."""
         memo = {**self._bitmaps, **fresh}
         return memo if len(memo) <= self.COUNT_CACHE else fresh
+
+
+def _tree_bitmap(tree_id: bytes, nodes: list[Node], table: ordinals.OrdinalTable,
+                 below: Callable[[bytes], BitMap]) -> BitMap:
+    """The blob bitmap of a tree: the tree itself and its files' blobs (mapped in one
+    call, not one per file), with ``below(subtree)`` for each of its directories."""
+    blobs = [tree_id]
+    subtrees = []
+    for n in nodes:
+        if n.type == "file" and n.content:
+            blobs.extend(n.content)
+        elif n.type == "dir" and n.subtree is not None:
+            subtrees.append(below(n.subtree))
+    return BitMap.union(table.ordinals(blobs), *subtrees)

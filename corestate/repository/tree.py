@@ -205,9 +205,10 @@ def name_problem(name: bytes) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
-    """One directory entry. ``name`` and ``linktarget`` are raw bytes; times are ns."""
+    """One directory entry. ``name`` and ``linktarget`` are raw bytes; times are ns.
+    (Slotted: a tree of 100,000 files holds 100,000 of them.)"""
 
     name: bytes
     type: str
