@@ -71,7 +71,7 @@ class _Run:
     contents: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
     unreadable: set[bytes] = field(default_factory=set)
     markers: dict[int, SnapshotMarker] = field(default_factory=dict)
-    acks: set[int] = field(default_factory=set)
+    acks: dict[int, int] = field(default_factory=dict)  # packer partition -> bytes added
     ack_count: int | None = None
     last_seen: float = field(default_factory=time.monotonic)
 
@@ -177,7 +177,7 @@ class CommitStage:
         elif isinstance(event, BarrierAck):
             run = self._run(event.snapshot_id, partition, position)
             if event.durable:
-                run.acks.add(event.packer_partition)
+                run.acks[event.packer_partition] = event.bytes_added
                 run.ack_count = event.partition_count
         else:
             raise RejectedEventError(f"{type(event).__name__} does not belong on files or stored")
@@ -263,6 +263,7 @@ class CommitStage:
         finally:
             packer.close()
         packed = packer.bytes_stored
+        data_added = sum(run.acks.values())  # what the packers stored new for this run
         repo.flush_index()
         root = assembly.root
         memo.update(assembly.counts)
@@ -274,7 +275,7 @@ class CommitStage:
             unchanged = SnapshotCommitted(
                 snapshot_id=snapshot_id, restic_id=same.id, host=marker.host,
                 paths=tuple(paths), time=marker.time, tree=root.hex(), files=assembly.files,
-                bytes_added=stats[1], tags=marker.tags)
+                bytes_added=stats[1] + data_added, tags=marker.tags)
             report = CommitReport(unchanged, same, stats[0], stats[1], packed, skipped=True)
             self.reports.append(report)
             return report
@@ -291,7 +292,8 @@ class CommitStage:
         snap.id = restic_id
         done = SnapshotCommitted(snapshot_id=snapshot_id, restic_id=restic_id, host=marker.host,
                                  paths=tuple(paths), time=marker.time, tree=root.hex(),
-                                 files=assembly.files, bytes_added=stats[1], tags=marker.tags)
+                                 files=assembly.files, bytes_added=stats[1] + data_added,
+                                 tags=marker.tags)
         report = CommitReport(done, snap, stats[0], stats[1], packed)
         self._save_bitmap(report, built)
         self.reports.append(report)

@@ -82,6 +82,7 @@ class PackStage:
         self._unrecorded: list[tuple[int, bytes]] = []
         self._markers: dict[tuple[str, int], set[int]] = {}
         self._begun: dict[tuple[str, int], float] = {}  # barrier -> its first marker's time
+        self._added: dict[tuple[str, int], int] = {}  # barrier -> bytes stored for it
         self._holds = Holds()
         self._durable: dict[int, int] = {}  # partition -> last position a flush covered
         self._dirty_since: float | None = None
@@ -139,6 +140,7 @@ class PackStage:
                         "captures partition(s) only, none for %.0fs", snapshot_id, partition,
                         len(self._markers.get(barrier, ())), self.abandon_after)
             self._markers.pop(barrier, None)
+            self._added.pop(barrier, None)
             del self._begun[barrier]
             self._holds.release(barrier, partition)
 
@@ -150,6 +152,7 @@ class PackStage:
             pass
         self._markers.clear()
         self._begun.clear()
+        self._added.clear()
         self._holds.clear()
         self._durable.clear()
         if self.share is None and self.known is None:
@@ -172,6 +175,8 @@ class PackStage:
                 self._unrecorded.append((partition, event.blob_id))
                 self.blobs_stored += 1
                 self.bytes_added += len(event.data)
+                barrier = (event.snapshot_id, partition)
+                self._added[barrier] = self._added.get(barrier, 0) + len(event.data)
                 if self._dirty_since is None:
                     self._dirty_since = time.monotonic()
         elif isinstance(event, SnapshotMarker) and event.kind == "end" \
@@ -191,6 +196,7 @@ class PackStage:
                 self._holds.release(barrier, partition)
                 yield Emit("stored", BarrierAck(snapshot_id=event.snapshot_id,
                                                 packer_partition=partition, durable=True,
-                                                partition_count=self.chunk_partitions))
+                                                partition_count=self.chunk_partitions,
+                                                bytes_added=self._added.pop(barrier, 0)))
         else:
             raise RejectedEventError(f"{type(event).__name__} does not belong on chunks")

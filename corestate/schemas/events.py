@@ -188,6 +188,7 @@ class BarrierAck:
     packer_partition: int
     durable: bool
     partition_count: int
+    bytes_added: int = 0  # new blobs' plaintext bytes of this snapshot on this partition
 
 
 @dataclass(frozen=True)

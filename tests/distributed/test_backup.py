@@ -331,6 +331,10 @@ def test_a_watching_agent_publishes_a_new_snapshot_after_a_change(tmp_path: Path
         stop(worker)
     assert agent.returncode == 0, agent.stdout.read()  # type: ignore[union-attr]
     assert first.restic_id != second.restic_id
+    # bytes added: the packers' new chunks (9 MiB of random data) and the trees; then
+    # nothing but trees (every chunk was in the restored share)
+    assert first == run1 and 9 << 20 <= first.bytes_added < 10 << 20
+    assert second.bytes_added < 64 << 10
     target = tmp_path / "out"
     run_restic("-r", str(repo), "restore", second.restic_id, "--target", str(target))
     assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
@@ -364,7 +368,7 @@ def test_a_restarted_packer_recovers_its_index_share_from_the_changelog(tmp_path
     worker = cluster.worker(repo, log=log, verbose=True)
     try:
         cluster.agent(str(src), host_id="h1")
-        committed(cluster, 1)
+        [run1] = committed(cluster, 1)
         assert list((repo / "locks").iterdir()), "a running worker holds a repository lock"
     finally:
         stop(worker)
@@ -380,6 +384,10 @@ def test_a_restarted_packer_recovers_its_index_share_from_the_changelog(tmp_path
     finally:
         stop(worker)
     assert first.restic_id != second.restic_id
+    # bytes added: the packers' new chunks (9 MiB of random data) and the trees; then
+    # nothing but trees (every chunk was in the restored share)
+    assert first == run1 and 9 << 20 <= first.bytes_added < 10 << 20
+    assert second.bytes_added < 64 << 10
     r = Repository.open(open_backend(str(repo)), PASSWORD)
     r.refresh_index()
     stored_twice = [b.hex()[:12] for b in r.index.blob_ids() if len(r.index.all_locations(b)) > 1]
