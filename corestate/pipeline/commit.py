@@ -119,6 +119,7 @@ class CommitStage:
         self._counts: dict[tuple[str, tuple[str, ...]], dict[bytes, int]] = {}
         self._bitmaps: dict[bytes, BitMap] = {}
         self._hinted: dict[bytes, int] = {}  # files below trees a scan saw untouched
+        self._listings: dict[bytes, list[Node]] = {}  # parent trees a scan decoded
         self._table: ordinals.OrdinalTable | None = None
         self.reports: list[CommitReport] = []
 
@@ -134,6 +135,11 @@ class CommitStage:
         so that the commit need not load it."""
         self._hinted[tree_id] = files
         self._bitmaps[tree_id] = bitmap
+
+    def listing(self, tree_id: bytes, nodes: list[Node]) -> None:
+        """A parent tree the next commit rebuilds (something below it changed), as the
+        scan decoded it: the commit takes it instead of loading and decoding it again."""
+        self._listings[tree_id] = nodes
 
     # -- the Stage protocol ------------------------------------------------------------
     def settled(self, partition: int) -> int | None:
@@ -242,7 +248,8 @@ class CommitStage:
         memo = dict(self._counts.get(key, {}))
         memo.update(self._hinted)
         self._hinted = {}
-        parent = self._parent(snapshot_id, marker, run, memo)
+        listings, self._listings = self._listings, {}
+        parent = self._parent(snapshot_id, marker, run, memo, listings)
         packer = Packer(repo)
         built: dict[bytes, list[Node]] = {}
         stats = [0, 0]
@@ -300,7 +307,7 @@ class CommitStage:
         return report
 
     def _parent(self, snapshot_id: str, marker: SnapshotMarker, run: _Run,
-                memo: dict[bytes, int]) -> Parent | None:
+                memo: dict[bytes, int], listings: dict[bytes, list[Node]]) -> Parent | None:
         """The parent an incremental run builds on; None for a full run. A parent that
         cannot be used (forgotten, damaged, of other paths) rejects the run: the agent,
         seeing no commit, makes its next run a full one."""
@@ -317,7 +324,12 @@ class CommitStage:
         if why is not None:
             raise RejectedEventError(f"snapshot {snapshot_id} not committed: its parent "
                                      f"{marker.parent[:16]} {why}")
-        load = self.repo.load_tree
+        stored = self.repo.load_tree
+
+        def load(tree_id: bytes) -> list[Node]:
+            taken = listings.pop(tree_id, None)  # each is taken once: memory is freed
+            return stored(tree_id) if taken is None else taken
+
         return Parent(snap.tree, load, lambda tree_id: count_files(tree_id, load, memo),
                       rescanned=frozenset(marker.rescanned),
                       removed=frozenset(marker.removed) | run.unreadable)

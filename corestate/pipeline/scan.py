@@ -112,6 +112,9 @@ class Summaries(Protocol):
     def subtree(self, tree_id: bytes, files: int, bitmap: BitMap) -> None:
         ...
 
+    def listing(self, tree_id: bytes, nodes: list[Node]) -> None:
+        """A parent tree whose directory changed below, as the scan decoded it."""
+
 
 @dataclass(eq=False)
 class _Dir:
@@ -122,6 +125,7 @@ class _Dir:
     prev: Node | None  # its node in the parent snapshot
     parent: _Dir | None
     old: dict[bytes, Node] | None  # the parent snapshot's entries of it
+    tree: bytes | None  # the parent snapshot's tree of it (what ``old`` was decoded from)
     only: Roots | None  # the virtual directories above the sources: the entries on the way
     pending: int = 0  # subdirectories not done yet
     listed: bool = False
@@ -164,10 +168,12 @@ class Scanner:
 
     def run(self, paths: list[str], parent_tree: bytes | None) -> None:
         """Scan ``paths`` against the parent's root tree (None: no parent)."""
-        root = _Dir(b"/", None, None, None, self._listing(parent_tree), roots_of(paths))
+        root = _Dir(b"/", None, None, None, self._listing(parent_tree), parent_tree,
+                    roots_of(paths))
         stack = [root]
         while stack:
             stack.extend(self._directory(stack.pop()))
+        self._hand_over(root)  # the root is always assembled
 
     # -- one directory -----------------------------------------------------------------
     def _listing(self, tree_id: bytes | None) -> dict[bytes, Node] | None:
@@ -263,7 +269,7 @@ class Scanner:
                     d.complete = False
                     continue
                 d.pending += 1
-                yield _Dir(full, node, prev, d, self._listing(subtree), below)
+                yield _Dir(full, node, prev, d, self._listing(subtree), subtree, below)
             elif prev is None or not _same_node(prev, node):
                 self._capture(full, node)
                 d.clean = False
@@ -288,6 +294,8 @@ class Scanner:
                 self.report.dirs_new += 1
             else:
                 self.report.dirs_changed += 1
+            if not unchanged_below:
+                self._hand_over(d)
             if unchanged_below and d.complete and self.summaries is not None:
                 assert prev is not None and prev.subtree is not None
                 bitmap = BitMap.union(self.summaries.blob_ordinals([prev.subtree, *d.blobs]),
@@ -304,6 +312,13 @@ class Scanner:
                 up.clean = False
             up.pending -= 1
             d = up
+
+    def _hand_over(self, d: _Dir) -> None:
+        """A directory the commit rebuilds: its parent listing, already decoded, goes to
+        the commit (:meth:`Summaries.listing`) and leaves the scan."""
+        if self.summaries is not None and d.tree is not None and d.old is not None:
+            self.summaries.listing(d.tree, list(d.old.values()))
+        d.old = None
 
     def _capture(self, path: bytes, node: Node) -> None:
         self.sink(FileManifest(snapshot_id=self.snapshot_id, path=path,

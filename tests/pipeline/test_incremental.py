@@ -13,7 +13,7 @@ from corestate.maintenance.usage import tree_blob_ids
 from corestate.repository import ordinals
 from corestate.pipeline.backup import BackupCache, BackupOptions, backup
 from corestate.repository.repository import Repository
-from tests.conftest import restored_root, run_restic, tree_manifest
+from tests.conftest import PASSWORD, restored_root, run_restic, tree_manifest
 
 
 def _tree(root: Path) -> Path:
@@ -101,3 +101,30 @@ def test_extended_attributes_are_read_again_only_when_ctime_moved(tmp_path, monk
     assert nodes[b"kept"].xattrs == [("user.tag", b"one")]
     assert nodes[b"changed"].xattrs == [("user.tag", b"two")]
     assert nodes[b"plain"].xattrs == []
+
+
+@pytest.mark.restic
+def test_each_parent_tree_is_decoded_once_per_backup(tmp_path, monkeypatch):
+    """The commit rebuilds the directories where something changed from the listings
+    the scan decoded, instead of loading those parent trees a second time."""
+    src = _tree(tmp_path / "src")
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), PASSWORD)
+    backup(repo, BackupOptions(paths=[str(src)]))
+    for d in ("a/x", "b", "c/deep/er"):
+        (src / d / "f0").write_text("changed")
+    loads: list[bytes] = []
+    real = Repository.load_tree
+
+    def counting(self: Repository, tree_id: bytes, damaged: bool = False):  # type: ignore[no-untyped-def]
+        loads.append(tree_id)
+        return real(self, tree_id, damaged)
+
+    monkeypatch.setattr(Repository, "load_tree", counting)
+    second = backup(repo, BackupOptions(paths=[str(src)]))
+    assert second.files_changed == 3
+    twice = {t.hex()[:12] for t in loads if loads.count(t) > 1}
+    assert twice == set(), f"parent trees decoded twice: {sorted(twice)}"
+    monkeypatch.undo()
+    target = tmp_path / "out"
+    run_restic("-r", str(tmp_path / "repo"), "restore", "latest", "--target", str(target))
+    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
