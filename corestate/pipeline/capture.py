@@ -177,11 +177,13 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
 
 
-def unchanged(old: Node, new: Node) -> bool:
-    """Whether a file's fresh node matches its node in the parent snapshot (restic's
-    rule: same size, mtime, ctime and inode)."""
-    return (old.type == "file" and old.content is not None and old.size == new.size
-            and old.mtime == new.mtime and old.ctime == new.ctime and old.inode == new.inode)
+def unchanged(old: Node, st: os.stat_result) -> bool:
+    """Whether a regular file's ``lstat`` matches its node in the parent snapshot
+    (restic's rule: same size, mtime, ctime and inode). Taken from the stat alone: an
+    unchanged file costs no fresh node."""
+    return (old.type == "file" and old.content is not None and stat.S_ISREG(st.st_mode)
+            and old.size == st.st_size and old.mtime == st.st_mtime_ns
+            and old.ctime == st.st_ctime_ns and old.inode == st.st_ino)
 
 
 @dataclass

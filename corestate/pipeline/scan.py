@@ -240,6 +240,9 @@ class Scanner:
                 # to, even through a symlink (the user named the path); all else as is
                 above = only is not None and only[name] is not None
                 st = os.stat(full) if above else os.lstat(full)
+                if prev is not None and not self.force and unchanged(prev, st):
+                    self._unchanged(d, prev)
+                    continue
                 node = node_from_stat(name, full, st, prev)
             except FileNotFoundError:
                 if prev is not None:
@@ -324,15 +327,16 @@ class Scanner:
         self.sink(FileManifest(snapshot_id=self.snapshot_id, path=path,
                                node=meta_from_node(node), blobs=()))
 
+    def _unchanged(self, d: _Dir, prev: Node) -> None:
+        """A regular file as its parent node records it: not captured, the node kept."""
+        self.report.files_unmodified += 1
+        self.report.bytes_unmodified += prev.size
+        d.files += 1
+        if prev.content:
+            d.blobs.extend(prev.content)  # one bitmap per directory, when it is done
+
     def _file(self, d: _Dir, path: bytes, node: Node, prev: Node | None) -> None:
         report = self.report
-        if prev is not None and not self.force and unchanged(prev, node):
-            report.files_unmodified += 1
-            report.bytes_unmodified += prev.size
-            d.files += 1
-            if prev.content:
-                d.blobs.extend(prev.content)  # one bitmap per directory, when it is done
-            return
         d.clean = False
         previous = None
         if prev is not None and prev.type == "file" and prev.content is not None:
