@@ -41,6 +41,14 @@ class DedupIndex:
         self.prefilter_misses = 0
         self.exact_lookups = 0
 
+    def learn(self, blob_ids: Iterable[bytes]) -> None:
+        """Blobs the exact index now holds (stored by others, or by the claimers since
+        flushed): their prefixes join the prefilter and the claims are forgotten, since
+        the exact index answers for them from now on."""
+        with self._lock:
+            self._prefilter.update(prefix32(b) for b in blob_ids)
+            self._claimed.clear()
+
     def claim(self, blob_id: bytes) -> bool:
         """True exactly once per new blob: the caller must then store it."""
         key = prefix32(blob_id)

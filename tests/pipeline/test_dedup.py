@@ -65,3 +65,48 @@ def test_bitmap_from_a_table_that_lost_a_race_is_rejected(tmp_path):
             repo.backend.delete(Kind.SIDECAR, name)
     table = ordinals.load_table(repo)
     assert ordinals.load_bitmap(repo, snap.snapshot_id, table) is None
+
+
+def _chunk(data: bytes):
+    import hashlib
+
+    from corestate.schemas.events import Chunk
+
+    return Chunk(blob_id=hashlib.sha256(data).digest(), snapshot_id="run", data=data,
+                 source_partition=0)
+
+
+def test_a_lane_reset_learns_what_others_stored_and_rebuilds_after_a_prune(tmp_path):
+    """Between runs a pack stage catches up with the index incrementally: blobs another
+    writer stored meanwhile are not stored again, its own claims are not forgotten
+    unsafely, and an index rewritten by prune makes it start over."""
+    from corestate.pipeline.pack import PackStage
+    from corestate.pipeline.packer import Packer
+    from corestate.repository.pack import BlobType
+
+    backend = LocalBackend(str(tmp_path / "repo"))
+    repo = Repository.init(backend, "pw")
+    stage = PackStage(repo, chunk_partitions=1)
+    mine, theirs, later = (_chunk(os.urandom(1000)) for _ in range(3))
+    assert list(stage.handle(0, 1, mine)) == [] and stage.blobs_stored == 1
+    stage.reset()  # first run done: its pack is flushed
+    other = Repository.open(LocalBackend(str(tmp_path / "repo")), "pw")
+    other.refresh_index()
+    packer = Packer(other)
+    packer.add_plain(theirs.blob_id, BlobType.DATA, theirs.data)
+    packer.flush()
+    packer.close()
+    other.flush_index()
+    stage.reset()  # the next run: the other writer's index file is new
+    list(stage.handle(0, 2, theirs))
+    list(stage.handle(0, 3, mine))
+    assert stage.blobs_stored == 1, "a blob in the index was stored again"
+    list(stage.handle(0, 4, later))
+    assert stage.blobs_stored == 2
+    # a prune rewrites the index: every index file is replaced, the prefilter rebuilt
+    stage.reset()
+    for info in list(backend.list(Kind.INDEX)):
+        backend.delete(Kind.INDEX, info.name)
+    stage.reset()
+    list(stage.handle(0, 5, mine))
+    assert stage.blobs_stored == 3, "with its index gone the blob is stored again"
