@@ -67,6 +67,12 @@ PHASES: dict[str, str] = {"init": "init", "backup1": "first backup",
                           "restore": "full restore"}
 MEMORY, REPO = "peak memory MiB (sum over processes, max of phases)", "repository MiB after the 1%-changed backup"
 SUBJECT = "corestate"
+_CODE_VERSION = (  # which corestate ran: where it was imported from, and its commit
+    "import os, subprocess, corestate; "
+    "d = os.path.dirname(os.path.dirname(os.path.abspath(corestate.__file__))); "
+    "c = subprocess.run(['git', '-C', d, 'describe', '--always', '--dirty'], "
+    "capture_output=True, text=True).stdout.strip() or 'no git'; "
+    "print(f'corestate from {d}/ at {c}')")
 MEMORY_BASE = "restic-0.14"
 # row -> limit on corestate ÷ best peer (memory: ÷ restic 0.14)
 TARGETS: dict[str, float] = {"backup1": 0.5, "backup2": 0.7, "backup3": 0.7, "restore": 0.7,
@@ -124,8 +130,10 @@ TOOLS: dict[str, Tool] = {
         restore_in_target=True),
     SUBJECT: Tool(
         label="corestate", find=lambda: sys.executable, absent_hint="",
-        env={"CORESTATE_PASSWORD": PASSWORD},
-        version=lambda x: [x, "-m", "corestate", "--version"],
+        # the checkout this script belongs to, whatever else the interpreter would import
+        # (an editable install of another clone, or the current directory's tree)
+        env={"CORESTATE_PASSWORD": PASSWORD, "PYTHONPATH": str(HERE.parent)},
+        version=lambda x: [x, "-c", _CODE_VERSION],
         init=lambda x, r: [x, "-m", "corestate", "init", "--repo", str(r)],
         backup=lambda x, r, s, n: [x, "-m", "corestate", "backup", "--repo", str(r), "--host", "bench",
                                    str(s)],
@@ -261,7 +269,8 @@ def tool_version(tool: Tool) -> str:
     if exe is None:
         return f"absent ({tool.absent_hint})"
     try:
-        out = subprocess.run(tool.version(exe), capture_output=True, text=True, timeout=60)
+        out = subprocess.run(tool.version(exe), capture_output=True, text=True, timeout=60,
+                             env={**os.environ, **tool.env})
         text = (out.stdout or out.stderr).strip().splitlines() or [f"exit {out.returncode}"]
         return text[0] if out.returncode == 0 else f"unusable ({text[-1]})"
     except (OSError, subprocess.TimeoutExpired) as exc:

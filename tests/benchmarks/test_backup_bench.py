@@ -78,6 +78,9 @@ def test_every_peer_phase_and_ratio_column(tmp_path: Path) -> None:
     corestate = raw["tools"]["corestate"]["rounds"][0]
     assert list(corestate) == list(backup_bench.PHASES)
     assert all(m["peak_mib"] > 10 and m["rc"] == 0 for m in corestate.values())
+    # the corestate measured is this checkout's, and the table says which commit it was
+    assert "- Tools: " in proc.stdout and f"corestate: corestate from {BENCH.parent}/ at " \
+        in proc.stdout
 
 
 def test_absent_peers_are_named_and_left_out(tmp_path: Path) -> None:
