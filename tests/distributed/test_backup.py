@@ -331,10 +331,6 @@ def test_a_watching_agent_publishes_a_new_snapshot_after_a_change(tmp_path: Path
         stop(worker)
     assert agent.returncode == 0, agent.stdout.read()  # type: ignore[union-attr]
     assert first.restic_id != second.restic_id
-    # bytes added: the packers' new chunks (9 MiB of random data) and the trees; then
-    # nothing but trees (every chunk was in the restored share)
-    assert first == run1 and 9 << 20 <= first.bytes_added < 10 << 20
-    assert second.bytes_added < 64 << 10
     target = tmp_path / "out"
     run_restic("-r", str(repo), "restore", second.restic_id, "--target", str(target))
     assert tree_manifest(restored_root(target, src)) == tree_manifest(src)

@@ -88,8 +88,10 @@ def test_packer_acknowledges_only_with_markers_from_every_captures_partition(rep
     assert not repo.has_blob(blob, BlobType.DATA)  # not durable yet
     assert list(stage.handle(1, next(POS), marker("end", 2, source=0))) == []
     [ack] = list(stage.handle(1, next(POS), marker("end", 2, source=1)))
+    # the chunk counts once (its second copy is deduplicated) in the bytes the run added
     assert ack.topic == "stored" and ack.event == BarrierAck(snapshot_id="s1", packer_partition=1,
-                                                             durable=True, partition_count=2)
+                                                             durable=True, partition_count=2,
+                                                             bytes_added=10_000)
     assert repo.has_blob(blob, BlobType.DATA) and stage.blobs_stored == 1  # stored once
     with pytest.raises(RejectedEventError, match="does not match"):
         list(stage.handle(1, next(POS), Chunk(blob_id=blob, snapshot_id="s1", data=b"other", source_partition=0)))
