@@ -90,7 +90,7 @@ def test_extended_attributes_are_read_again_only_when_ctime_moved(tmp_path, monk
 
     monkeypatch.setattr(capture, "_xattrs", counting)
     second = backup(repo, BackupOptions(paths=[str(src)]))
-    assert sorted(asked) == [b"changed"]  # of the files, only the one whose ctime moved
+    assert sorted(asked) == [b"changed"]  # of the entries, only the one whose ctime moved
     repo = Repository.open(LocalBackend(str(tmp_path / "repo")), "pw")
     repo.load_index()
     snap = repo.find_snapshot(second.snapshot_id)
