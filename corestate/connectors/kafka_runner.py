@@ -86,6 +86,10 @@ PACK_FLUSH_SECONDS = 30.0
 # nothing; only a refresh that finds the topics makes it rejoin and take partitions.
 METADATA_SECONDS = 15.0
 SESSION_TIMEOUT = 10.0  # a killed worker's partitions move after this long
+# A role that has got no record for this long while one of its partitions holds records
+# past the one its lane must get next reads that partition again from there
+# (:meth:`Role.stalled`, :func:`_watch_stalls`).
+STALL_SECONDS = 10.0
 RETRY_MAX_SECONDS = 30.0
 
 
@@ -105,7 +109,8 @@ class Role:
 
     Each lane has the offset of the record it must get next: set where the consumer
     reads the partition from after an assignment (:meth:`reading_from`: its committed
-    offset), then one past each record handled."""
+    offset), then one past each record handled. A lane whose next record is on the
+    broker but does not come is *stalled* (:meth:`stalled`)."""
 
     def __init__(self, name: str, stage: Stage, send: Callable[[Emit], Any],
                  fail: Callable[[BaseException], None], codec: Codec | None = None,
@@ -125,6 +130,8 @@ class Role:
         self._alone: set[int] = set()  # ids of pending events settled alone (dead letters)
         self.generation = 0                    # bumped when partitions move
         self.dead_letters = 0
+        self._busy = 0  # records in hand (being handled, or waiting for a retry)
+        self._quiet_since = time.monotonic()  # when the role last got a record or a start
 
     def lane(self, topic: str, partition: int) -> int:
         """The stage's partition for a record of ``topic``: the Kafka partition itself
@@ -145,21 +152,26 @@ class Role:
         msg = event.message
         generation = self.generation
         delay = 1.0
-        while True:
-            async with self.lock:
-                if generation != self.generation:
-                    return  # partitions moved meanwhile: the new owner replays this record
-                try:
-                    await self._handle_once(event)
-                    return
-                except (RetryableError, RepositoryLockedError) as exc:
-                    log.warning("%s: %s[%d]@%d: %s; retrying in %.0fs", self.name, msg.topic,
-                                msg.partition, msg.offset, exc, delay)
-                except Exception as exc:  # a bug, a permanent storage error
-                    self._fail(exc)
-                    return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_SECONDS)
+        self._busy += 1
+        try:
+            while True:
+                async with self.lock:
+                    if generation != self.generation:
+                        return  # partitions moved meanwhile: the new owner replays it
+                    try:
+                        await self._handle_once(event)
+                        return
+                    except (RetryableError, RepositoryLockedError) as exc:
+                        log.warning("%s: %s[%d]@%d: %s; retrying in %.0fs", self.name,
+                                    msg.topic, msg.partition, msg.offset, exc, delay)
+                    except Exception as exc:  # a bug, a permanent storage error
+                        self._fail(exc)
+                        return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+        finally:
+            self._busy -= 1
+            self._quiet_since = time.monotonic()
 
     async def _in_sequence(self, event: Any, lane: int) -> bool:
         """Whether ``event`` is the next record of its lane, the only one the stage may
@@ -290,6 +302,34 @@ class Role:
                     continue
                 self._next[lane] = offset
                 self._seeking.pop(lane, None)
+            self._quiet_since = time.monotonic()
+
+    def stalled(self, ends: Mapping[tuple[str, int], int], now: float) -> list[tuple[str, int, int]]:
+        """The partitions whose next record is on the broker but has not come, as
+        (topic, partition, offset of the record the lane must get next): the role has got
+        no record for ``STALL_SECONDS`` and holds none, yet a partition of its topics ends
+        (``ends``: the partitions assigned, with their high watermarks) past its lane's
+        next record. The caller reads them again from that offset; the role then waits
+        another ``STALL_SECONDS`` before it says so again.
+
+        A safety net under faust's flow control: records fetched while its flow is
+        paused are dropped and read again only if a seek follows, and a lane that gets
+        nothing after them has no later record to reveal the gap (:meth:`_in_sequence`).
+        Seen in CI: a worker that restored its packer table while the agent published
+        was ready with every partition and read nothing for 4 minutes. Reading a
+        partition again costs nothing but the fetch: what was handled is skipped."""
+        if self._busy or now - self._quiet_since < STALL_SECONDS:
+            return []
+        out = []
+        for (topic, partition), end in ends.items():
+            if self.topics and topic not in self.topics:
+                continue
+            expected = self._next.get(self.lane(topic, partition))
+            if expected is not None and end > expected:
+                out.append((topic, partition, expected))
+        if out:
+            self._quiet_since = now
+        return out
 
     async def partitions_revoked(self) -> None:
         """Make durable and acknowledge what can be, then forget the rest: its records
@@ -304,6 +344,7 @@ class Role:
             self._seeking.clear()
             self.stage.reset()
             self.generation += 1
+            self._quiet_since = time.monotonic()
 
     def close(self) -> None:
         for _ in self.stage.flush():
@@ -364,6 +405,30 @@ def _read_from_committed(consumer: Any, roles: Sequence[Role]) -> None:
         return committed
 
     consumer.seek_to_committed = seek
+
+
+async def _watch_stalls(consumer: Any, roles: Sequence[Role], now: float) -> None:
+    """Read again every stalled partition (:meth:`Role.stalled`) from the offset its lane
+    must get next. Asks the broker for high watermarks only when a role has been quiet
+    for ``STALL_SECONDS``, and never while the consumer's flow is stopped (a rebalance
+    or a table recovery: records are meant not to come then)."""
+    if not consumer.flow_active or not any(
+            not r._busy and now - r._quiet_since >= STALL_SECONDS for r in roles):
+        return
+    inputs = {t for role in roles for t in role.topics}
+    assigned = [tp for tp in consumer.assignment() if tp.topic in inputs]
+    if not assigned:
+        return
+    ends = {(tp.topic, tp.partition): end
+            for tp, end in (await consumer.highwaters(*assigned)).items() if end is not None}
+    for role in roles:
+        for topic, partition, offset in role.stalled(ends, now):
+            log.warning("%s: %s[%d] has records from offset %d to %d that did not come in "
+                        "%.0f s; reading them again", role.name, topic, partition, offset,
+                        ends[(topic, partition)] - 1, STALL_SECONDS)
+            for tp in assigned:
+                if (tp.topic, tp.partition) == (topic, partition):
+                    await consumer.seek(tp, offset)
 
 
 def commit_line(event: SnapshotCommitted, now: datetime | None = None) -> str:
@@ -522,6 +587,15 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
     async def tick() -> None:
         for role in built:
             await role.tick()
+
+    @app.timer(STALL_SECONDS / 2)
+    async def watch() -> None:
+        if app.rebalancing or getattr(app, "in_recovery", False):
+            return
+        try:
+            await _watch_stalls(app.consumer, built, time.monotonic())
+        except Exception as exc:  # the broker away, partitions moving: next time
+            log.debug("stall check skipped: %s", exc)
 
     @app.on_partitions_revoked.connect
     async def revoked(app: Any, revoked: Any, **_kw: Any) -> None:

@@ -305,3 +305,90 @@ def test_a_record_whose_store_write_failed_is_handled_again_not_skipped(tmp_path
     asyncio.run(run())
     assert [type(e) for e in sent] == [BarrierAck]
     assert [e.acked for e in events] == [[0], [1], [2]]
+
+
+def test_a_lane_whose_next_record_does_not_come_is_read_again() -> None:
+    """Seen in CI: a worker that restored its packer table while the agent published was
+    ready with every partition and got nothing for 4 minutes (records fetched while
+    faust's flow was paused, dropped, no seek after them). Once the role has been quiet
+    for STALL_SECONDS with a partition ending past its lane's next record, the worker
+    reads that partition again from there, and says so once a period; a role that is
+    handling a record, or whose partitions hold nothing new, is left alone."""
+    from corestate.connectors.kafka_runner import STALL_SECONDS, _watch_stalls
+    from corestate.pipeline.chunk import ChunkStage
+
+    @dataclass(frozen=True)
+    class TP:
+        topic: str
+        partition: int
+
+    class Consumer:
+        flow_active = True
+
+        def __init__(self) -> None:
+            self.ends = {TP("t.captures", 0): 7, TP("t.captures", 1): 4, TP("t.alerts", 0): 9}
+            self.seeks: list[tuple[TP, int]] = []
+            self.asked = 0
+
+        def assignment(self) -> set[TP]:
+            return set(self.ends)
+
+        async def highwaters(self, *tps: TP) -> dict[TP, int]:
+            self.asked += 1
+            return {tp: self.ends[tp] for tp in tps}
+
+        async def seek(self, tp: TP, offset: int) -> None:
+            self.seeks.append((tp, offset))
+
+    consumer = Consumer()
+    role = Probe().role("chunk", ChunkStage(2), topics=["t.captures"])
+    now = role._quiet_since
+
+    async def run() -> None:
+        await role.reading_from({("t.captures", 0): 5, ("t.captures", 1): 4})
+        start = role._quiet_since
+        await _watch_stalls(consumer, [role], start + STALL_SECONDS / 2)  # not quiet long
+        assert consumer.asked == 0 and consumer.seeks == []
+        role._busy = 1  # a record in hand (a retry): its lanes wait for it
+        await _watch_stalls(consumer, [role], start + STALL_SECONDS)
+        assert consumer.seeks == []
+        role._busy = 0
+        await _watch_stalls(consumer, [role], start + STALL_SECONDS)
+        # partition 0 ends at 7 with 5 and 6 never delivered; partition 1 holds nothing new
+        assert consumer.seeks == [(TP("t.captures", 0), 5)]
+        await _watch_stalls(consumer, [role], start + STALL_SECONDS + 1)  # once a period
+        assert consumer.seeks == [(TP("t.captures", 0), 5)]
+        consumer.flow_active = False  # a rebalance or a table recovery: nothing comes
+        await _watch_stalls(consumer, [role], start + 3 * STALL_SECONDS)
+        assert len(consumer.seeks) == 1
+        consumer.flow_active = True
+        await _watch_stalls(consumer, [role], start + 3 * STALL_SECONDS)
+        assert consumer.seeks[1:] == [(TP("t.captures", 0), 5)]
+
+    asyncio.run(run())
+    assert now <= role._quiet_since
+
+
+def test_records_that_come_keep_a_lane_from_stalling() -> None:
+    """A lane whose records arrive is never read again, and the high watermark is not
+    asked for while the role gets records."""
+    from corestate.connectors.kafka_runner import STALL_SECONDS
+    from corestate.pipeline.chunk import ChunkStage
+    from corestate.schemas.events import FileBegin
+
+    role = Probe().role("chunk", ChunkStage(1), topics=["t.captures"])
+    meta = NodeMeta(type="dir", mode=0o755, mtime=1, atime=1, ctime=1, uid=0, gid=0)
+    begin = FakeEvent(Message(encode(FileBegin(node=meta, host="h", snapshot_id="s",
+                                               path=b"/srv/d")), 0, 0, topic="t.captures"))
+
+    async def run() -> None:
+        await role.reading_from({("t.captures", 0): 0})
+        assert role.stalled({("t.captures", 0): 1}, role._quiet_since + STALL_SECONDS) \
+            == [("t.captures", 0, 0)]
+        await role.handle(begin)  # it came
+        after = role._quiet_since
+        assert role.stalled({("t.captures", 0): 1}, after + 2 * STALL_SECONDS) == []
+        assert role.stalled({("t.captures", 0): 3}, after + STALL_SECONDS - 0.1) == []
+        assert role.stalled({("t.captures", 0): 3}, after + STALL_SECONDS) == [("t.captures", 0, 1)]
+
+    asyncio.run(run())
