@@ -9,8 +9,11 @@ Terms:
   socket pair (:class:`WorkerProcess`). No :mod:`multiprocessing` start method: those
   re-import the caller's main module, which a program embedding CoreState (or a
   script read from standard input) cannot allow. A reader thread in the main process
-  puts each reply on a shared queue as ``(index, replies)``, so neither side can block
-  the other on a full pipe;
+  puts each reply on a shared queue as ``(index, replies)``, and a sender thread
+  writes the batches it is given, so neither side can block the other on a full pipe
+  (a worker reads its next batch only when it is done with the one in hand: the main
+  process sending it a second large batch would wait that long, its other workers
+  idle);
 - an *inline* worker (:class:`InlineWorker`) runs the handler in the main process
   instead, for work too small to be worth a process; the main process cannot tell the
   two apart.
@@ -145,10 +148,24 @@ class WorkerProcess:
         self.what = what
         self._replies = replies
         self._stopping = False
-        self.conn.send((index, job))
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._outbox.put((index, job))
+        self._sender = threading.Thread(target=self._send, name=f"{what}-{index}-sender",
+                                        daemon=True)
+        self._sender.start()
         self._reader = threading.Thread(target=self._read, name=f"{what}-{index}-reader",
                                         daemon=True)
         self._reader.start()
+
+    def _send(self) -> None:
+        while True:
+            item = self._outbox.get()
+            try:
+                self.conn.send(item)
+            except OSError:
+                return  # the reader reports the death
+            if item is None:
+                return
 
     def _read(self) -> None:
         while True:
@@ -161,10 +178,7 @@ class WorkerProcess:
             self._replies.put((self.index, out))
 
     def send(self, batch: list[Any]) -> None:
-        try:
-            self.conn.send(batch)
-        except OSError:
-            pass  # the reader reports the death
+        self._outbox.put(batch)
 
     def died(self) -> WorkerFailed:
         try:
@@ -177,10 +191,8 @@ class WorkerProcess:
 
     def stop(self) -> None:
         self._stopping = True
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
+        self._outbox.put(None)
+        self._sender.join(timeout=30)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -24,12 +24,16 @@ Terms:
 The steps (restic's restorer works the same way):
 
 1. Walk the snapshot in tree order; create directories (mode 0700 for now), symlinks,
-   fifos and devices; create each regular file to write (empty) and *plan* its content:
-   every blob at its offset (:mod:`corestate.restore.writer`).
-2. Write the plan: each pack holding needed blobs is read once, by worker processes on
-   every core, and each blob written at every offset that needs it.
-3. Truncate each file to its size (a trailing hole) and set its metadata (owner, mode
-   incl. setuid/setgid/sticky, xattrs, atime/mtime in ns); create the hardlinks.
+   fifos and devices; *plan* each regular file's content: every blob at its offset
+   (:mod:`corestate.restore.writer`). A file in a directory this restore created is
+   offered to the writer as a *whole file*; other files are created (empty) here.
+2. Create the offered files whose blobs are not all in one pack; write the plan: each
+   pack holding needed blobs is read once, by worker processes on every core, and each
+   blob written at every offset that needs it; a worker creates, writes and finishes
+   each whole file of its pack in one ``open``.
+3. Truncate each other file to its size (a trailing hole) and set its metadata (owner,
+   mode incl. setuid/setgid/sticky, xattrs, atime/mtime in ns,
+   :mod:`corestate.restore.metadata`); create the hardlinks.
 4. Set directories' metadata, deepest first, so writing children cannot move their
    times. Sockets are skipped, as restic does.
 
@@ -57,9 +61,10 @@ from dataclasses import dataclass, field
 
 from corestate.errors import IntegrityError, NotFoundError, PermanentError
 from corestate.repository.repository import Repository
-from corestate.restore import writer
+from corestate.restore import metadata, writer
 from corestate.restore.include import IncludeFilter
-from corestate.restore.writer import data_runs
+from corestate.restore.metadata import Meta
+from corestate.restore.writer import Whole, data_runs
 from corestate.repository.snapshot import Snapshot
 from corestate.repository.tree import Node, posix_mode
 from corestate.repository.walk import walk
@@ -68,7 +73,7 @@ Progress = Callable[[int, int], None]
 PROGRESS_INTERVAL = 0.25  # seconds between progress calls
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_NO_XATTR_SUPPORT = {errno.ENOTSUP, errno.EOPNOTSUPP}
+_FINISH_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Overwrite(enum.Enum):
@@ -173,6 +178,7 @@ class _Restorer:
         self._first_link: dict[tuple[int, int], bytes] = {}  # (device, inode) -> dest
         self._links: list[tuple[bytes, bytes, Node]] = []  # (dest, dest of the first link, node)
         self._failed: set[bytes] = set()  # dests whose content could not be restored
+        self._uncreated: set[int] = set()  # planned files that could not be created
         self._stack: list[_Dir] = []
         self._dirs: list[_Dir] = []  # created, in creation order (parents first)
 
@@ -227,10 +233,20 @@ class _Restorer:
             self._leave(self._stack.pop())
         if self._target_existed and (self.include is None or self.result.selected):
             self._sweep(self.target, b"", self._root_names)
-        failed, self.result.pack_reads = writer.write(
-            self.repo, self._plan, self.workers, lambda n: self.advance(nbytes=n))
+        self._create_unplanned_wholes()
+        written = writer.write(self.repo, self._plan, self.workers,
+                               lambda files, n: self.advance(files, n))
+        self.result.pack_reads = written.reads
         for index, (dest, node, fresh) in enumerate(self._files):
-            self._finish_file(dest, node, fresh, failed.get(index))
+            if index in self._uncreated:
+                continue  # could not be created (reported)
+            if index in written.lost:
+                self._failed.add(dest)
+                self.error(dest, written.lost[index])
+            elif index in written.meta_errors:
+                self.error(dest, written.meta_errors[index])  # finished, and counted
+            elif not self._plan.whole(index) or index in written.failed:
+                self._finish_file(dest, node, fresh, written.failed.get(index))
         for dest, first, node in self._links:
             self._restore_link(dest, first, node)
         for entry in reversed(self._dirs):
@@ -446,35 +462,52 @@ class _Restorer:
         self.advance(files=1)
 
     def _plan_file(self, dest: bytes, node: Node, fresh: bool) -> None:
-        """Create a regular file to restore (empty) and plan its content.
+        """Plan a regular file's content.
 
-        In a directory this restore created (``fresh``) nothing can be in the way, so
-        the file is created exclusively with its final permission bits, and owner and
-        mode are only set at the end when creating it did not already give them."""
+        In a directory this restore created (``fresh``) nothing can be in the way: the
+        file is offered to the writer as a whole file (a worker creates it exclusively
+        with its final permission bits, writes and finishes it) and only created here if
+        its blobs are in several packs (:meth:`_create_unplanned_wholes`). Elsewhere
+        the overwrite policy decides, and the file is created (empty) here."""
         mode = posix_mode(node.mode, node.type) & 0o7777
-        if not fresh and (self._keep_existing(dest, node) or self._already_restored(dest, node)):
-            return
-        try:
-            if fresh:
-                fd = os.open(dest, _NEW_FLAGS, mode & 0o777)
-            else:
+        if fresh:
+            index = self._plan.add_file(dest, Whole(
+                node.size, Meta.of(node), owner_ok=(node.uid, node.gid) == self._creds,
+                mode_ok=mode == mode & 0o777 & ~self._umask))
+        else:
+            if self._keep_existing(dest, node) or self._already_restored(dest, node):
+                return
+            try:
                 self._clear(dest)
-                fd = os.open(dest, _OPEN_FLAGS, 0o600)
-            os.close(fd)
-        except OSError as exc:
-            self._failed.add(dest)
-            self.error(dest, _message("creating file", exc))
-            return
-        index = self._plan.add_file(dest)
+                os.close(os.open(dest, _OPEN_FLAGS, 0o600))
+            except OSError as exc:
+                self._failed.add(dest)
+                self.error(dest, _message("creating file", exc))
+                return
+            index = self._plan.add_file(dest)
         self._files.append((dest, node, fresh))
         offset = 0
         for blob_id in node.content or []:
             where = self.repo.index.lookup(blob_id)
             if where is None:
                 self._unplanned.add(dest)  # the fallback names what is missing
+                self._plan.keep(index)
                 break
             self._plan.place(where.pack, where.blob, index, offset)
             offset += where.blob.plaintext_length
+
+    def _create_unplanned_wholes(self) -> None:
+        """Create the fresh files no worker finishes (empty, in several packs, or with
+        a blob missing from the index), before the writer opens them."""
+        for index, (dest, node, fresh) in enumerate(self._files):
+            if not fresh or self._plan.whole(index):
+                continue
+            try:
+                os.close(os.open(dest, _NEW_FLAGS, posix_mode(node.mode, node.type) & 0o777))
+            except OSError as exc:
+                self._uncreated.add(index)
+                self._failed.add(dest)
+                self.error(dest, _message("creating file", exc))
 
     def _finish_file(self, dest: bytes, node: Node, fresh: bool, failed: str | None) -> None:
         """After the plan ran: a file it could not write is written again blob by blob
@@ -482,8 +515,8 @@ class _Restorer:
         truncated to its size and its metadata set."""
         mode = posix_mode(node.mode, node.type) & 0o7777
         message = ""
-        try:
-            fd = os.open(dest, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:  # a whole file the writer failed may not exist: created with its mode
+            fd = os.open(dest, _FINISH_FLAGS, mode & 0o777)
         except OSError as exc:
             self._failed.add(dest)
             self.error(dest, _message("opening the restored file", exc))
@@ -529,41 +562,10 @@ class _Restorer:
     # -- metadata ---------------------------------------------------------------------------
     def _set_metadata(self, dest: bytes, node: Node, fd: int | None = None,
                       owner_ok: bool = False, mode_ok: bool = False) -> None:
-        """Owner, mode, xattrs and times, in that order (chown clears setuid bits and
-        setting xattrs must not move the times). Failures are reported, the node kept."""
-        is_link = node.type == "symlink"
+        """Set the node's metadata (:func:`~corestate.restore.metadata.apply`); a failure
+        is reported, the node kept."""
         try:
-            try:
-                if owner_ok:
-                    pass
-                elif fd is not None:
-                    os.fchown(fd, node.uid, node.gid)
-                else:
-                    os.chown(dest, node.uid, node.gid, follow_symlinks=False)
-            except PermissionError:
-                if self.is_root:
-                    raise
-            if not is_link and not mode_ok:
-                mode = posix_mode(node.mode, node.type) & 0o7777
-                if fd is not None:
-                    os.fchmod(fd, mode)
-                else:
-                    os.chmod(dest, mode)
-            for name, value in node.xattrs:
-                try:
-                    if fd is not None:
-                        os.setxattr(fd, name, value)
-                    else:
-                        os.setxattr(dest, name, value, follow_symlinks=False)
-                except OSError as exc:
-                    # Linux refuses user.* attributes on symlinks with EPERM.
-                    if exc.errno not in _NO_XATTR_SUPPORT and not (is_link and exc.errno == errno.EPERM):
-                        raise
-            times = (node.atime, node.mtime)
-            if fd is not None:
-                os.utime(fd, ns=times)
-            else:
-                os.utime(dest, ns=times, follow_symlinks=False)
+            metadata.apply(dest, Meta.of(node), fd, owner_ok, mode_ok, self.is_root)
         except OSError as exc:
             self.error(dest, _message("setting metadata", exc))
 
