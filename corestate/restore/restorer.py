@@ -58,6 +58,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from corestate.errors import IntegrityError, NotFoundError, PermanentError
 from corestate.repository.repository import Repository
@@ -150,6 +151,17 @@ class _Dir:
     names: set[bytes] = field(default_factory=set)  # its children in the snapshot
 
 
+class _File(NamedTuple):
+    """A regular file being restored: what finishing it needs, and no more (a tree
+    node keeps the JSON it was read from: holding 100,000 of them cost ~200 MiB)."""
+
+    dest: bytes
+    size: int
+    content: list[bytes]
+    meta: Meta
+    fresh: bool
+
+
 class _Restorer:
     def __init__(self, repo: Repository, target: bytes, include: IncludeFilter | None,
                  progress: Progress | None, workers: int | None, overwrite: Overwrite,
@@ -173,7 +185,7 @@ class _Restorer:
         self._lock = threading.Lock()
         self._last_progress = 0.0
         self._plan = writer.Plan()
-        self._files: list[tuple[bytes, Node, bool]] = []  # planned: dest, node, fresh
+        self._files: list[_File] = []  # planned, by plan index
         self._unplanned: set[bytes] = set()  # planned files with a blob not in the index
         self._first_link: dict[tuple[int, int], bytes] = {}  # (device, inode) -> dest
         self._links: list[tuple[bytes, bytes, Node]] = []  # (dest, dest of the first link, node)
@@ -237,7 +249,8 @@ class _Restorer:
         written = writer.write(self.repo, self._plan, self.workers,
                                lambda files, n: self.advance(files, n))
         self.result.pack_reads = written.reads
-        for index, (dest, node, fresh) in enumerate(self._files):
+        for index, file in enumerate(self._files):
+            dest = file.dest
             if index in self._uncreated:
                 continue  # could not be created (reported)
             if index in written.lost:
@@ -246,7 +259,7 @@ class _Restorer:
             elif index in written.meta_errors:
                 self.error(dest, written.meta_errors[index])  # finished, and counted
             elif not self._plan.whole(index) or index in written.failed:
-                self._finish_file(dest, node, fresh, written.failed.get(index))
+                self._finish_file(file, written.failed.get(index))
         for dest, first, node in self._links:
             self._restore_link(dest, first, node)
         for entry in reversed(self._dirs):
@@ -268,6 +281,7 @@ class _Restorer:
         """The walk is past ``entry``: deal with its extra entries."""
         if entry.created and entry.enter and not entry.fresh and not entry.lost:
             self._sweep(entry.dest, entry.path, entry.names)
+        entry.names = set()  # the entry stays (for its metadata), its names need not
 
     def _sweep(self, dest_dir: bytes, snap_dir: bytes, names: set[bytes]) -> None:
         """Count, or with ``delete`` remove, the entries of ``dest_dir`` that are not
@@ -469,11 +483,11 @@ class _Restorer:
         with its final permission bits, writes and finishes it) and only created here if
         its blobs are in several packs (:meth:`_create_unplanned_wholes`). Elsewhere
         the overwrite policy decides, and the file is created (empty) here."""
-        mode = posix_mode(node.mode, node.type) & 0o7777
+        meta = Meta.of(node)
         if fresh:
             index = self._plan.add_file(dest, Whole(
-                node.size, Meta.of(node), owner_ok=(node.uid, node.gid) == self._creds,
-                mode_ok=mode == mode & 0o777 & ~self._umask))
+                node.size, meta, owner_ok=(node.uid, node.gid) == self._creds,
+                mode_ok=meta.mode == meta.mode & 0o777 & ~self._umask))
         else:
             if self._keep_existing(dest, node) or self._already_restored(dest, node):
                 return
@@ -485,7 +499,7 @@ class _Restorer:
                 self.error(dest, _message("creating file", exc))
                 return
             index = self._plan.add_file(dest)
-        self._files.append((dest, node, fresh))
+        self._files.append(_File(dest, node.size, node.content or [], meta, fresh))
         offset = 0
         for blob_id in node.content or []:
             where = self.repo.index.lookup(blob_id)
@@ -499,21 +513,22 @@ class _Restorer:
     def _create_unplanned_wholes(self) -> None:
         """Create the fresh files no worker finishes (empty, in several packs, or with
         a blob missing from the index), before the writer opens them."""
-        for index, (dest, node, fresh) in enumerate(self._files):
-            if not fresh or self._plan.whole(index):
+        for index, file in enumerate(self._files):
+            if not file.fresh or self._plan.whole(index):
                 continue
             try:
-                os.close(os.open(dest, _NEW_FLAGS, posix_mode(node.mode, node.type) & 0o777))
+                os.close(os.open(file.dest, _NEW_FLAGS, file.meta.mode & 0o777))
             except OSError as exc:
                 self._uncreated.add(index)
-                self._failed.add(dest)
-                self.error(dest, _message("creating file", exc))
+                self._failed.add(file.dest)
+                self.error(file.dest, _message("creating file", exc))
 
-    def _finish_file(self, dest: bytes, node: Node, fresh: bool, failed: str | None) -> None:
+    def _finish_file(self, file: _File, failed: str | None) -> None:
         """After the plan ran: a file it could not write is written again blob by blob
         (another copy of a damaged blob may restore it) or removed; then the file is
         truncated to its size and its metadata set."""
-        mode = posix_mode(node.mode, node.type) & 0o7777
+        dest, meta = file.dest, file.meta
+        mode = meta.mode
         message = ""
         try:  # a whole file the writer failed may not exist: created with its mode
             fd = os.open(dest, _FINISH_FLAGS, mode & 0o777)
@@ -524,16 +539,16 @@ class _Restorer:
         try:
             try:
                 if failed is not None or dest in self._unplanned:
-                    self._write_content(fd, node)
-                os.ftruncate(fd, node.size)
+                    self._write_content(fd, file.content)
+                os.ftruncate(fd, file.size)
             except (IntegrityError, NotFoundError) as exc:
                 message = exc.message
             except OSError as exc:
                 message = _message("writing", exc)
             if not message:
-                owner_ok = fresh and (node.uid, node.gid) == self._creds
-                mode_ok = fresh and mode == mode & 0o777 & ~self._umask
-                self._set_metadata(dest, node, fd, owner_ok, mode_ok)
+                owner_ok = file.fresh and (meta.uid, meta.gid) == self._creds
+                mode_ok = file.fresh and mode == mode & 0o777 & ~self._umask
+                self._set_metadata(dest, meta, fd, owner_ok, mode_ok)
         finally:
             os.close(fd)
         if message:
@@ -546,11 +561,11 @@ class _Restorer:
         else:
             self.advance(files=1)
 
-    def _write_content(self, fd: int, node: Node) -> None:
+    def _write_content(self, fd: int, content: list[bytes]) -> None:
         """Write the file's blobs at their offsets, one at a time, each from any copy
         (the fallback for a file the plan could not write)."""
         pos = 0
-        for blob_id in node.content or []:
+        for blob_id in content:
             data = self.repo.load_blob(blob_id)
             view = memoryview(data)
             for start, end in data_runs(data, pos):
@@ -560,12 +575,13 @@ class _Restorer:
             pos += len(data)
 
     # -- metadata ---------------------------------------------------------------------------
-    def _set_metadata(self, dest: bytes, node: Node, fd: int | None = None,
+    def _set_metadata(self, dest: bytes, node: Node | Meta, fd: int | None = None,
                       owner_ok: bool = False, mode_ok: bool = False) -> None:
         """Set the node's metadata (:func:`~corestate.restore.metadata.apply`); a failure
         is reported, the node kept."""
+        meta = node if isinstance(node, Meta) else Meta.of(node)
         try:
-            metadata.apply(dest, Meta.of(node), fd, owner_ok, mode_ok, self.is_root)
+            metadata.apply(dest, meta, fd, owner_ok, mode_ok, self.is_root)
         except OSError as exc:
             self.error(dest, _message("setting metadata", exc))
 

@@ -103,12 +103,14 @@ class Whole(NamedTuple):
 
 @dataclass
 class PackJob:
-    """One pack, the placements of each of its blobs that is needed, and the whole
-    files among the files they go to (file index -> :class:`Whole`)."""
+    """One pack, the placements of each of its blobs that is needed, the paths of the
+    files they go to (file index -> path) and the whole files among them (file index
+    -> :class:`Whole`). A worker learns a file's path from the jobs that write it."""
 
     pack: str
     blobs: list[tuple[PackedBlob, list[Placement]]] = field(default_factory=list)
     whole: dict[int, Whole] = field(default_factory=dict)
+    paths: dict[int, bytes] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -139,24 +141,23 @@ class PackDone:
 
 @dataclass(frozen=True)
 class WriterJob:
-    """What a worker needs: the repository, the files by index, and whether the
-    restore runs as root (an owner it cannot set is then an error); pickled to it."""
+    """What a worker needs: the repository, and whether the restore runs as root (an
+    owner it cannot set is then an error); pickled to it."""
 
     repo: Repository
-    files: list[bytes]
     is_root: bool = False
 
     def start(self) -> PackWriter:
-        return PackWriter(self.repo, self.files, self.is_root)
+        return PackWriter(self.repo, self.is_root)
 
 
 class PackWriter:
     """Writes the blobs of pack jobs into the files, and finishes the whole files (the
     worker's handler)."""
 
-    def __init__(self, repo: Repository, files: list[bytes], is_root: bool = False) -> None:
+    def __init__(self, repo: Repository, is_root: bool = False) -> None:
         self.repo = repo
-        self.files = files
+        self._paths: dict[int, bytes] = {}  # the current job's files (a cached fd outlives it)
         self.is_root = is_root
         self._fds: dict[int, int] = {}  # file index -> fd, oldest first
         self._create: dict[int, int] = {}  # whole files of the job not created yet -> mode
@@ -176,9 +177,9 @@ class PackWriter:
                 os.close(self._fds.pop(next(iter(self._fds))))
             mode = self._create.get(index)
             if mode is None:
-                fd = os.open(self.files[index], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(self._paths[index], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             else:
-                fd = os.open(self.files[index], _CREATE, mode & 0o777)
+                fd = os.open(self._paths[index], _CREATE, mode & 0o777)
                 del self._create[index]
         self._fds[index] = fd  # most recently used last
         return fd
@@ -192,6 +193,7 @@ class PackWriter:
                 if index in left:
                     left[index] += 1
         self._create = {index: whole.meta.mode for index, whole in job.whole.items()}
+        self._paths = job.paths
         try:
             for run in _runs(blobs):
                 start = run[0][0].offset
@@ -270,7 +272,7 @@ class PackWriter:
             done.failed.append((index, f"writing: {exc.strerror or exc}"))
             return
         try:
-            metadata.apply(self.files[index], whole.meta, fd, whole.owner_ok, whole.mode_ok,
+            metadata.apply(self._paths[index], whole.meta, fd, whole.owner_ok, whole.mode_ok,
                            self.is_root)
         except OSError as exc:
             done.meta_errors.append((index, f"setting metadata: {exc.strerror or exc}"))
@@ -344,7 +346,9 @@ class Plan:
         for index, whole in self._offered.items():
             if self.whole(index):
                 wholes.setdefault(self._pack_of[index], {})[index] = whole
-        return [PackJob(pack, list(blobs.values()), wholes.get(pack, {}))
+        files = self.files
+        return [PackJob(pack, list(blobs.values()), wholes.get(pack, {}),
+                        {i: files[i] for _, places in blobs.values() for i, _ in places})
                 for pack, blobs in sorted(self._packs.items())]
 
 
@@ -373,7 +377,7 @@ def write(repo: Repository, plan: Plan, workers: int | None = None,
     count = cores() if workers is None else max(0, workers)
     small = plan.bytes < INLINE_BYTES and len(plan.files) < INLINE_FILES
     replies: Replies = queue.SimpleQueue()
-    job = WriterJob(repo, plan.files, os.geteuid() == 0)
+    job = WriterJob(repo, os.geteuid() == 0)
     handles: list[WorkerProcess | InlineWorker]
     if count == 0 or small:
         handles = [InlineWorker(0, job, replies)]
