@@ -37,7 +37,7 @@ MAX_CHUNK = 8 << 20
 MarkerKind: TypeAlias = Literal["begin", "end"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slotted: a backup holds one per entry until its commit
 class Xattr:
     """One extended attribute."""
 
@@ -45,7 +45,7 @@ class Xattr:
     value: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeMeta:
     """A file system entry's metadata as a restic tree node records it (not its content)."""
 
@@ -170,7 +170,7 @@ class Chunk:
     source_partition: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileManifest:
     """One entry of a snapshot: metadata plus its content's blob ids in order."""
 
