@@ -588,6 +588,8 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
         for role in built:
             await role.tick()
 
+    stall_check_failed = [False]  # the first failure is a warning, later ones debug
+
     @app.timer(STALL_SECONDS / 2)
     async def watch() -> None:
         if app.rebalancing or getattr(app, "in_recovery", False):
@@ -595,7 +597,9 @@ def build_app(client: Mapping[str, str], roles: Sequence[str], open_repo: Callab
         try:
             await _watch_stalls(app.consumer, built, time.monotonic())
         except Exception as exc:  # the broker away, partitions moving: next time
-            log.debug("stall check skipped: %s", exc)
+            (log.debug if stall_check_failed[0] else log.warning)(
+                "stall check skipped: %s", exc or type(exc).__name__)
+            stall_check_failed[0] = True
 
     @app.on_partitions_revoked.connect
     async def revoked(app: Any, revoked: Any, **_kw: Any) -> None:
