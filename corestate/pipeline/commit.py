@@ -120,6 +120,10 @@ class CommitStage:
         self._bitmaps: dict[bytes, BitMap] = {}
         self._hinted: dict[bytes, int] = {}  # files below trees a scan saw untouched
         self._listings: dict[bytes, list[Node]] = {}  # parent trees a scan decoded
+        # With keep_built, the trees the last run built or read, for the next scan
+        self.keep_built = False
+        self._built: dict[bytes, list[Node]] = {}
+        self._read: dict[bytes, list[Node]] = {}  # trees this run's scan read
         self._table: ordinals.OrdinalTable | None = None
         self.reports: list[CommitReport] = []
 
@@ -135,6 +139,18 @@ class CommitStage:
         so that the commit need not load it."""
         self._hinted[tree_id] = files
         self._bitmaps[tree_id] = bitmap
+
+    def load_tree(self, tree_id: bytes) -> list[Node]:
+        """A tree's nodes for a scan. With ``keep_built`` (consecutive backups in one
+        process, e.g. protect, whose next scan reads the trees the last run built or
+        read), from those when the last run had it, else loaded and decoded; what a run
+        neither built nor read is dropped at its commit."""
+        nodes = self._built.pop(tree_id, None)
+        if nodes is None:
+            nodes = self.repo.load_tree(tree_id)
+        if self.keep_built:
+            self._read[tree_id] = nodes
+        return nodes
 
     def listing(self, tree_id: bytes, nodes: list[Node]) -> None:
         """A parent tree the next commit rebuilds (something below it changed), as the
@@ -249,6 +265,7 @@ class CommitStage:
         memo.update(self._hinted)
         self._hinted = {}
         listings, self._listings = self._listings, {}
+        read, self._read, self._built = self._read, {}, {}
         parent = self._parent(snapshot_id, marker, run, memo, listings)
         packer = Packer(repo)
         built: dict[bytes, list[Node]] = {}
@@ -284,6 +301,8 @@ class CommitStage:
                 paths=tuple(paths), time=marker.time, tree=root.hex(), files=assembly.files,
                 bytes_added=stats[1] + data_added, tags=marker.tags)
             report = CommitReport(unchanged, same, stats[0], stats[1], packed, skipped=True)
+            if self.keep_built:
+                self._built = {**read, **built}
             self.reports.append(report)
             return report
         restic_id = None
@@ -303,6 +322,8 @@ class CommitStage:
                                  tags=marker.tags)
         report = CommitReport(done, snap, stats[0], stats[1], packed)
         self._save_bitmap(report, built)
+        if self.keep_built:
+            self._built = {**read, **built}
         self.reports.append(report)
         return report
 
