@@ -103,6 +103,19 @@ def test_extended_attributes_are_read_again_only_when_ctime_moved(tmp_path, monk
     assert nodes[b"plain"].xattrs == []
 
 
+def _count_tree_loads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The ids of the trees the repository loads (and decodes) from now on."""
+    loads: list[bytes] = []
+    real = Repository.load_tree
+
+    def counting(self: Repository, tree_id: bytes, damaged: bool = False):  # type: ignore[no-untyped-def]
+        loads.append(tree_id)
+        return real(self, tree_id, damaged)
+
+    monkeypatch.setattr(Repository, "load_tree", counting)
+    return loads
+
+
 @pytest.mark.restic
 def test_each_parent_tree_is_decoded_once_per_backup(tmp_path, monkeypatch):
     """The commit rebuilds the directories where something changed from the listings
@@ -112,14 +125,7 @@ def test_each_parent_tree_is_decoded_once_per_backup(tmp_path, monkeypatch):
     backup(repo, BackupOptions(paths=[str(src)]))
     for d in ("a/x", "b", "c/deep/er"):
         (src / d / "f0").write_text("changed")
-    loads: list[bytes] = []
-    real = Repository.load_tree
-
-    def counting(self: Repository, tree_id: bytes, damaged: bool = False):  # type: ignore[no-untyped-def]
-        loads.append(tree_id)
-        return real(self, tree_id, damaged)
-
-    monkeypatch.setattr(Repository, "load_tree", counting)
+    loads = _count_tree_loads(monkeypatch)
     second = backup(repo, BackupOptions(paths=[str(src)]))
     assert second.files_changed == 3
     twice = {t.hex()[:12] for t in loads if loads.count(t) > 1}
@@ -140,14 +146,7 @@ def test_consecutive_backups_in_one_process_read_the_trees_just_built(tmp_path, 
     src = _tree(tmp_path / "src")
     repo = Repository.init(LocalBackend(str(tmp_path / "repo")), PASSWORD)
     cache = BackupCache()
-    loads: list[bytes] = []
-    real = Repository.load_tree
-
-    def counting(self: Repository, tree_id: bytes, damaged: bool = False):  # type: ignore[no-untyped-def]
-        loads.append(tree_id)
-        return real(self, tree_id, damaged)
-
-    monkeypatch.setattr(Repository, "load_tree", counting)
+    loads = _count_tree_loads(monkeypatch)
     try:
         backup(repo, BackupOptions(paths=[str(src)]), cache=cache)
         every = frozenset(os.fsencode(str(p)) for p in [src, *src.rglob("*")] if p.is_dir())
@@ -161,9 +160,7 @@ def test_consecutive_backups_in_one_process_read_the_trees_just_built(tmp_path, 
     finally:
         cache.close()
     monkeypatch.undo()
-    one_off = []
-    monkeypatch.setattr(Repository, "load_tree",
-                        lambda self, t, damaged=False: one_off.append(t) or real(self, t, damaged))
+    one_off = _count_tree_loads(monkeypatch)
     backup(repo, BackupOptions(paths=[str(src)]))  # no cache carried: the trees are loaded
     assert one_off
     monkeypatch.undo()
