@@ -39,9 +39,15 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 def create_topic(b: Broker, partitions: int = 1) -> str:
+    """A new topic, once the broker lists it: KRaft's controller acknowledges the
+    creation before the broker's metadata has it (seen in CI: a KeyError right after)."""
     name = f"t-{uuid.uuid4().hex[:12]}"
     futures = b.admin.create_topics([NewTopic(name, num_partitions=partitions)], operation_timeout=30)
     futures[name].result(timeout=60)
+    deadline = time.monotonic() + 30
+    while name not in b.admin.list_topics(timeout=10).topics:
+        assert time.monotonic() < deadline, f"topic {name} created but not listed in 30 s"
+        time.sleep(0.1)
     return name
 
 
