@@ -58,6 +58,7 @@ class ProtectOptions:
     unwatched_rescan: float = 60.0
     hostname: str | None = None
     block_store: BlockMapStore | None = None  # block maps of big files, kept across runs
+    listings: str | None = None  # where the listing caches live (BackupOptions.listings)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class Protector:
                 changed: frozenset[bytes], catch_up: bool = False) -> ConsistencyPoint | None:
         opts = BackupOptions(paths=self.paths, excludes=self.excludes, tags=self.opts.tags,
                              dirty_dirs=dirty, rescan=rescan, block_store=self.opts.block_store,
+                             listings=self.opts.listings,
                              skip_unchanged=not catch_up)
         if self.opts.hostname:
             opts.hostname = self.opts.hostname

@@ -44,6 +44,7 @@ def backup(ctx: Context, paths: tuple[str, ...], excludes: tuple[str, ...],
     mon = monitoring.start("backup", ctx.password_file)
     repo = ctx.open_repo()
     opts.block_store = ctx.block_store(repo)
+    opts.listings = ctx.listings(repo)
     with ctx.progress("backup", bytes_=True) as bar:
         def progress(s: BackupSummary, _path: str) -> None:
             bar.update(completed=s.total_bytes_processed,

@@ -127,12 +127,22 @@ class Context:
             f"reading without a lock (the repository cannot be written: {exc})"))
 
     @staticmethod
-    def block_store(repo: Repository) -> BlockMapStore:
-        """This host's block maps for ``repo``: ``$CORESTATE_STATE_DIR``, else
-        ``$XDG_STATE_HOME/corestate`` (``~/.local/state/corestate``), per repository id."""
+    def state_dir(repo: Repository) -> str:
+        """This host's state for ``repo`` (block maps, listing caches, the detector):
+        ``$CORESTATE_STATE_DIR``, else ``$XDG_STATE_HOME/corestate``
+        (``~/.local/state/corestate``), per repository id."""
         base = os.environ.get("CORESTATE_STATE_DIR") or os.path.join(
             os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "corestate")
-        return BlockMapStore(os.path.join(base, repo.config.id[:16], "blockmaps"))
+        return os.path.join(base, repo.config.id[:16])
+
+    def block_store(self, repo: Repository) -> BlockMapStore:
+        """This host's block maps for ``repo``."""
+        return BlockMapStore(os.path.join(self.state_dir(repo), "blockmaps"))
+
+    def listings(self, repo: Repository) -> str:
+        """Where this host caches the listings of ``repo``'s trees (see
+        :mod:`corestate.pipeline.listings`)."""
+        return os.path.join(self.state_dir(repo), "listings")
 
     # -- output -----------------------------------------------------------------------
     def emit(self, data: object) -> None:

@@ -56,10 +56,10 @@ def protect(ctx: Context, paths: tuple[str, ...], interval: float, excludes: tup
     repo = ctx.open_repo()
     block_store = ctx.block_store(repo)
     opts = ProtectOptions(list(paths), list(excludes), list(tags), interval=interval,
-                          hostname=host, block_store=block_store)
+                          hostname=host, block_store=block_store, listings=ctx.listings(repo))
     sentinel = None
     if detect:
-        state = os.path.join(os.path.dirname(block_store.directory), "detector.pkl")
+        state = os.path.join(ctx.state_dir(repo), "detector.pkl")
         sentinel = ProtectSentinel(
             repo, opts, SentinelOptions(alerts_file=os.path.abspath(alerts_file) if alerts_file
                                         else None, state_path=state),

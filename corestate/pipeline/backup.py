@@ -15,11 +15,16 @@ files are not captured and keep their parent node, and an entry the parent had t
 gone is *removed*. The snapshot tree nests each absolute source path from the root
 (``/home/u/docs`` is ``home`` -> ``u`` -> ``docs``), as restic's do.
 
+The scan reads the parent's trees from this host's *listing cache* (:mod:`.listings`)
+where it has them, and the run leaves the new snapshot's trees there: an unchanged
+re-backup decodes no tree.
+
 A :class:`BackupCache` carries, from one backup of the same paths to the next, the
 runner (its worker processes), the commit stage (its memo of tree bitmaps and file
-counts, and the trees it last built, which the next scan reads instead of decoding
-them) and the last snapshot; ``corestate protect`` keeps one. When a prune rewrote the
-index, everything cached about blobs is dropped.
+counts, and the trees it last built, from which the next commit rebuilds a directory
+that changed again), the listings in memory and the last snapshot; ``corestate
+protect`` keeps one. When a prune rewrote the index, everything cached about blobs is
+dropped.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from corestate.pipeline.chunk import BLOCK_THRESHOLD
 from corestate.pipeline.commit import CommitStage, marker_time
 from corestate.pipeline.embedded import EmbeddedRunner
 from corestate.pipeline.jobs import ReadFailed, Record
+from corestate.pipeline.listings import ListingCache, cache_file
 from corestate.pipeline.scan import Scanner
 from corestate.pipeline.workers import cores
 from corestate.repository.repository import Repository
@@ -70,6 +76,8 @@ class BackupOptions:
     block_store: BlockMapStore | None = None
     # Save no snapshot if the tree equals the parent's (protect: no snapshot without a change).
     skip_unchanged: bool = False
+    # Where this host keeps the listing caches of the repository (None: none on disk).
+    listings: str | None = None
 
 
 @dataclass
@@ -120,6 +128,10 @@ class BackupCache:
     parent: Snapshot | None = None
     made: str | None = None
     carried: bool = True  # False for the one-off cache of a single backup
+    listings: ListingCache | None = None
+    saved: float | None = None  # when the listings were last written (monotonic)
+
+    SAVE_EVERY = 600.0  # a carried cache writes its listings at most this often
 
     def close(self) -> None:
         """Stop the runner's worker processes."""
@@ -199,14 +211,16 @@ def _run(repo: Repository, opts: BackupOptions, paths: list[str], progress: Prog
                            parent=parent.id if parent else None,
                            excludes=tuple(opts.excludes))
     repo_path = os.fsencode(os.path.realpath(repo.backend.location()))
-    # a cache carried from run to run (protect) hands the trees its last commit built to
-    # this scan: at 1000 changes/s nearly every directory is dirty, and decoding their
-    # trees again was 44% of protect's main process
+    # a cache carried from run to run (protect) rebuilds what changed again from the
+    # trees its last commit built: at 1000 changes/s nearly every directory is dirty,
+    # and decoding their trees again was 44% of protect's main process
     cache.commit.keep_built = cache.carried
-    scanner = Scanner(run_id, lambda record: None, cache.commit.load_tree,
+    listings = _listings(repo, opts, paths, cache)
+    cache.commit.listings = listings
+    scanner = Scanner(run_id, lambda record: None, repo.load_tree,
                       ExcludeMatcher(opts.excludes), Sources(paths), force=opts.force,
                       dirty=opts.dirty_dirs if parent else None, rescan=opts.rescan,
-                      skip=repo_path, summaries=cache.commit)
+                      skip=repo_path, summaries=cache.commit, listings=listings)
 
     def scan(sink: Callable[[Record], None]) -> list[bytes]:
         scanner.sink = sink
@@ -243,7 +257,34 @@ def _run(repo: Repository, opts: BackupOptions, paths: list[str], progress: Prog
     summary.total_duration = time.monotonic() - started
     cache.parent = commit.snapshot
     cache.made = commit.snapshot.id
+    if listings is not None:
+        listings.forget_run(full_scan=scanner.dirty is None)
+        now = time.monotonic()
+        if not cache.carried or cache.saved is None or now - cache.saved > cache.SAVE_EVERY:
+            listings.save()
+            cache.saved = now
     return summary
+
+
+def _listings(repo: Repository, opts: BackupOptions, paths: list[str],
+              cache: BackupCache) -> ListingCache | None:
+    """The listing cache of this run: the carried one, else the one on disk (with
+    ``opts.listings``), else a new one in memory if the cache is carried; None when
+    nothing would read it again."""
+    if cache.listings is None:
+        if opts.listings is not None:
+            # made before the scan: a directory made after it would change the metadata
+            # of a directory above the source paths (which the snapshot records) and
+            # make the next run of protect save a snapshot without a change
+            try:
+                os.makedirs(opts.listings, mode=0o700, exist_ok=True)
+            except OSError:
+                pass  # the cache is not written; the backup goes on
+            cache.listings = ListingCache.load(
+                repo.key, cache_file(opts.listings, opts.hostname, paths))
+        elif cache.carried:
+            cache.listings = ListingCache(repo.key)
+    return cache.listings
 
 
 def _full(opts: BackupOptions) -> BackupOptions:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 
 from corestate.kernel.reflink import clone_for_read, reflinks_known
+from corestate.pipeline.listings import Entry
 from corestate.repository.tree import Node, go_mode, node_type
 
 READ_ATTEMPTS = 3
@@ -144,7 +145,7 @@ def inside_repository(path: str, location: str) -> bool:
 
 
 def node_from_stat(name: bytes, path: bytes, st: os.stat_result,
-                   known: Node | None = None) -> Node:
+                   known: Node | Entry | None = None) -> Node:
     """A tree node for an entry (without ``content``/``subtree``, filled in later).
 
     ``known`` is a node recorded earlier for the same path (the parent snapshot's): when
@@ -177,7 +178,7 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
 
 
-def unchanged(old: Node, st: os.stat_result) -> bool:
+def unchanged(old: Node | Entry, st: os.stat_result) -> bool:
     """Whether a regular file's ``lstat`` matches its node in the parent snapshot
     (restic's rule: same size, mtime, ctime and inode). Taken from the stat alone: an
     unchanged file costs no fresh node."""

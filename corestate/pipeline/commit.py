@@ -38,6 +38,7 @@ from corestate.errors import (CoreStateError, IntegrityError, NotFoundError,
                               RepositoryLockedError, RetryableError)
 from corestate.pipeline.assemble import Parent, assemble, count_files
 from corestate.pipeline.jobs import ReadFailed, Record
+from corestate.pipeline.listings import ListingCache
 from corestate.pipeline.packer import Packer
 from corestate.pipeline.stage import Emit, Holds, RejectedEventError
 from corestate.repository import ordinals
@@ -120,10 +121,12 @@ class CommitStage:
         self._bitmaps: dict[bytes, BitMap] = {}
         self._hinted: dict[bytes, int] = {}  # files below trees a scan saw untouched
         self._listings: dict[bytes, list[Node]] = {}  # parent trees a scan decoded
-        # With keep_built, the trees the last run built or read, for the next scan
+        # With keep_built, the trees the last run built: the next run rebuilds a
+        # directory that changed again from them instead of loading its tree
         self.keep_built = False
         self._built: dict[bytes, list[Node]] = {}
-        self._read: dict[bytes, list[Node]] = {}  # trees this run's scan read
+        # where the listings of the trees a run builds go (the next scan reads them)
+        self.listings: ListingCache | None = None
         self._table: ordinals.OrdinalTable | None = None
         self.reports: list[CommitReport] = []
 
@@ -139,18 +142,6 @@ class CommitStage:
         so that the commit need not load it."""
         self._hinted[tree_id] = files
         self._bitmaps[tree_id] = bitmap
-
-    def load_tree(self, tree_id: bytes) -> list[Node]:
-        """A tree's nodes for a scan. With ``keep_built`` (consecutive backups in one
-        process, e.g. protect, whose next scan reads the trees the last run built or
-        read), from those when the last run had it, else loaded and decoded; what a run
-        neither built nor read is dropped at its commit."""
-        nodes = self._built.pop(tree_id, None)
-        if nodes is None:
-            nodes = self.repo.load_tree(tree_id)
-        if self.keep_built:
-            self._read[tree_id] = nodes
-        return nodes
 
     def listing(self, tree_id: bytes, nodes: list[Node]) -> None:
         """A parent tree the next commit rebuilds (something below it changed), as the
@@ -265,8 +256,8 @@ class CommitStage:
         memo.update(self._hinted)
         self._hinted = {}
         listings, self._listings = self._listings, {}
-        read, self._read, self._built = self._read, {}, {}
-        parent = self._parent(snapshot_id, marker, run, memo, listings)
+        kept, self._built = self._built, {}
+        parent = self._parent(snapshot_id, marker, run, memo, {**kept, **listings})
         packer = Packer(repo)
         built: dict[bytes, list[Node]] = {}
         stats = [0, 0]
@@ -286,6 +277,9 @@ class CommitStage:
             packer.flush()
         finally:
             packer.close()
+        if self.listings is not None:
+            for tree_id, nodes in built.items():
+                self.listings.add(tree_id, nodes)
         packed = packer.bytes_stored
         data_added = sum(run.acks.values())  # what the packers stored new for this run
         repo.flush_index()
@@ -302,7 +296,7 @@ class CommitStage:
                 bytes_added=stats[1] + data_added, tags=marker.tags)
             report = CommitReport(unchanged, same, stats[0], stats[1], packed, skipped=True)
             if self.keep_built:
-                self._built = {**read, **built}
+                self._built = built
             self.reports.append(report)
             return report
         restic_id = None
@@ -323,7 +317,7 @@ class CommitStage:
         report = CommitReport(done, snap, stats[0], stats[1], packed)
         self._save_bitmap(report, built)
         if self.keep_built:
-            self._built = {**read, **built}
+            self._built = built
         self.reports.append(report)
         return report
 

@@ -42,10 +42,13 @@ from corestate.pipeline.assemble import meta_from_node
 from corestate.pipeline.capture import (ExcludeMatcher, Sources, list_names, node_from_stat,
                                         unchanged)
 from corestate.pipeline.jobs import PreviousVersion, ReadFile, Record
+from corestate.pipeline.listings import Entry, ListingCache
 from corestate.repository.tree import Node
 from corestate.schemas.events import FileManifest
 
 LoadTree = Callable[[bytes], list[Node]]
+# An entry of the parent snapshot: its tree node, or its entry in the listing cache
+Prev = Node | Entry
 # A virtual directory's entries on the way to the source paths (None: the whole path).
 Roots = dict[bytes, "Roots | None"]
 
@@ -90,7 +93,7 @@ def _join(path: bytes, name: bytes) -> bytes:
     return path.rstrip(b"/") + b"/" + name
 
 
-def _same_node(prev: Node, node: Node) -> bool:
+def _same_node(prev: Prev, node: Node) -> bool:
     """Whether an entry's fresh node records what its parent node does (its access time
     aside: reading it changes that; content and subtrees are compared elsewhere)."""
     return (prev.type == node.type and prev.mode == node.mode and prev.mtime == node.mtime
@@ -113,7 +116,8 @@ class Summaries(Protocol):
         ...
 
     def listing(self, tree_id: bytes, nodes: list[Node]) -> None:
-        """A parent tree whose directory changed below, as the scan decoded it."""
+        """A parent tree whose directory changed below, as the scan decoded it (not
+        when its listing came from the cache: the commit loads that tree itself)."""
 
 
 @dataclass(eq=False)
@@ -122,9 +126,9 @@ class _Dir:
 
     path: bytes
     node: Node | None  # its fresh node; None for the root
-    prev: Node | None  # its node in the parent snapshot
+    prev: Prev | None  # its node in the parent snapshot
     parent: _Dir | None
-    old: dict[bytes, Node] | None  # the parent snapshot's entries of it
+    old: dict[bytes, Prev] | None  # the parent snapshot's entries of it
     tree: bytes | None  # the parent snapshot's tree of it (what ``old`` was decoded from)
     only: Roots | None  # the virtual directories above the sources: the entries on the way
     pending: int = 0  # subdirectories not done yet
@@ -137,7 +141,8 @@ class _Dir:
 
 
 class Scanner:
-    """One scan (see the module docstring). ``load_tree`` loads the parent's trees;
+    """One scan (see the module docstring). ``load_tree`` loads the parent's trees,
+    unless ``listings`` (:mod:`.listings`) has them, and adds those it loads to it;
     ``sources`` (:class:`~corestate.pipeline.capture.Sources`) is where the source paths
     really are: a directory is listed only if it still is the one the scan found, there
     (:func:`~corestate.pipeline.capture.list_names`); ``skip`` is a path never captured
@@ -146,10 +151,12 @@ class Scanner:
     def __init__(self, snapshot_id: str, sink: Callable[[Record], None], load_tree: LoadTree,
                  excludes: ExcludeMatcher, sources: Sources | None = None, force: bool = False,
                  dirty: frozenset[bytes] | None = None, rescan: frozenset[bytes] = frozenset(),
-                 skip: bytes | None = None, summaries: Summaries | None = None) -> None:
+                 skip: bytes | None = None, summaries: Summaries | None = None,
+                 listings: ListingCache | None = None) -> None:
         self.snapshot_id = snapshot_id
         self.sink = sink
         self.load_tree = load_tree
+        self.listings = listings
         self.excludes = excludes
         self.sources = sources
         self.force = force
@@ -176,14 +183,21 @@ class Scanner:
         self._hand_over(root)  # the root is always assembled
 
     # -- one directory -----------------------------------------------------------------
-    def _listing(self, tree_id: bytes | None) -> dict[bytes, Node] | None:
+    def _listing(self, tree_id: bytes | None) -> dict[bytes, Prev] | None:
         """The parent's entries of a directory by name; None if unknown or unreadable."""
         if tree_id is None:
             return None
+        listings = self.listings
+        cached = listings.get(tree_id) if listings is not None else None
+        if cached is not None:
+            return {e.name: e for e in cached}
         try:
-            return {n.name: n for n in self.load_tree(tree_id)}
+            nodes = self.load_tree(tree_id)
         except CoreStateError:
             return None  # a damaged parent only costs re-reading
+        if listings is not None:
+            listings.add(tree_id, nodes)
+        return {n.name: n for n in nodes}
 
     def _rescanned(self, path: bytes) -> bool:
         """``path`` is at or below one of the subtrees to scan whole."""
@@ -317,17 +331,23 @@ class Scanner:
             d = up
 
     def _hand_over(self, d: _Dir) -> None:
-        """A directory the commit rebuilds: its parent listing, already decoded, goes to
-        the commit (:meth:`Summaries.listing`) and leaves the scan."""
-        if self.summaries is not None and d.tree is not None and d.old is not None:
-            self.summaries.listing(d.tree, list(d.old.values()))
+        """A directory the commit rebuilds: its parent listing, if decoded here (tree
+        nodes, not cached entries), goes to the commit (:meth:`Summaries.listing`) and
+        leaves the scan; its parent tree is not in the next snapshot."""
+        if d.tree is not None:
+            if self.listings is not None:
+                self.listings.replaced(d.tree)
+            old = list(d.old.values()) if d.old is not None else []
+            if self.summaries is not None and d.old is not None \
+                    and all(isinstance(n, Node) for n in old):
+                self.summaries.listing(d.tree, old)  # type: ignore[arg-type]
         d.old = None
 
     def _capture(self, path: bytes, node: Node) -> None:
         self.sink(FileManifest(snapshot_id=self.snapshot_id, path=path,
                                node=meta_from_node(node), blobs=()))
 
-    def _unchanged(self, d: _Dir, prev: Node) -> None:
+    def _unchanged(self, d: _Dir, prev: Prev) -> None:
         """A regular file as its parent node records it: not captured, the node kept."""
         self.report.files_unmodified += 1
         self.report.bytes_unmodified += prev.size
@@ -335,7 +355,7 @@ class Scanner:
         if prev.content:
             d.blobs.extend(prev.content)  # one bitmap per directory, when it is done
 
-    def _file(self, d: _Dir, path: bytes, node: Node, prev: Node | None) -> None:
+    def _file(self, d: _Dir, path: bytes, node: Node, prev: Prev | None) -> None:
         report = self.report
         d.clean = False
         previous = None
