@@ -32,7 +32,9 @@ def backup(ctx: Context, paths: tuple[str, ...], excludes: tuple[str, ...],
 
     Unchanged files (same size, mtime, ctime and inode as in the parent snapshot) are
     not read again. Unreadable files are reported and skipped: the snapshot is still
-    saved and the exit code is 3.
+    saved and the exit code is 3. The parent snapshot's trees are read from a cache in
+    the state directory ($CORESTATE_STATE_DIR or ~/.local/state/corestate), encrypted
+    with the repository key; deleting it only makes the next backup slower.
     """
     patterns = list(excludes)
     for f in exclude_file:
