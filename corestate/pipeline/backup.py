@@ -21,9 +21,9 @@ re-backup decodes no tree.
 
 A :class:`BackupCache` carries, from one backup of the same paths to the next, the
 runner (its worker processes), the commit stage (its memo of tree bitmaps and file
-counts, and the trees it last built, from which the next commit rebuilds a directory
-that changed again), the listings in memory and the last snapshot; ``corestate
-protect`` keeps one. When a prune rewrote the index, everything cached about blobs is
+counts), the listings in memory (with the nodes of the trees the last commit built,
+from which the next commit rebuilds a directory that changed again) and the last
+snapshot; ``corestate protect`` keeps one. When a prune rewrote the index, everything cached about blobs is
 dropped.
 """
 
@@ -211,10 +211,6 @@ def _run(repo: Repository, opts: BackupOptions, paths: list[str], progress: Prog
                            parent=parent.id if parent else None,
                            excludes=tuple(opts.excludes))
     repo_path = os.fsencode(os.path.realpath(repo.backend.location()))
-    # a cache carried from run to run (protect) rebuilds what changed again from the
-    # trees its last commit built: at 1000 changes/s nearly every directory is dirty,
-    # and decoding their trees again was 44% of protect's main process
-    cache.commit.keep_built = cache.carried
     listings = _listings(repo, opts, paths, cache)
     cache.commit.listings = listings
     scanner = Scanner(run_id, lambda record: None, repo.load_tree,
@@ -270,7 +266,9 @@ def _listings(repo: Repository, opts: BackupOptions, paths: list[str],
               cache: BackupCache) -> ListingCache | None:
     """The listing cache of this run: the carried one, else the one on disk (with
     ``opts.listings``), else a new one in memory if the cache is carried; None when
-    nothing would read it again."""
+    nothing would read it again. A carried cache keeps the nodes its last commit built
+    (:class:`ListingCache` ``keep_nodes``): at 1000 changes/s nearly every directory is
+    dirty, and decoding their trees again was 44% of protect's main process."""
     if cache.listings is None:
         if opts.listings is not None:
             # made before the scan: a directory made after it would change the metadata
@@ -281,9 +279,9 @@ def _listings(repo: Repository, opts: BackupOptions, paths: list[str],
             except OSError:
                 pass  # the cache is not written; the backup goes on
             cache.listings = ListingCache.load(
-                repo.key, cache_file(opts.listings, opts.hostname, paths))
+                repo.key, cache_file(opts.listings, opts.hostname, paths), cache.carried)
         elif cache.carried:
-            cache.listings = ListingCache(repo.key)
+            cache.listings = ListingCache(repo.key, keep_nodes=True)
     return cache.listings
 
 

@@ -121,10 +121,6 @@ class CommitStage:
         self._bitmaps: dict[bytes, BitMap] = {}
         self._hinted: dict[bytes, int] = {}  # files below trees a scan saw untouched
         self._listings: dict[bytes, list[Node]] = {}  # parent trees a scan decoded
-        # With keep_built, the trees the last run built: the next run rebuilds a
-        # directory that changed again from them instead of loading its tree
-        self.keep_built = False
-        self._built: dict[bytes, list[Node]] = {}
         # where the listings of the trees a run builds go (the next scan reads them)
         self.listings: ListingCache | None = None
         self._table: ordinals.OrdinalTable | None = None
@@ -256,8 +252,7 @@ class CommitStage:
         memo.update(self._hinted)
         self._hinted = {}
         listings, self._listings = self._listings, {}
-        kept, self._built = self._built, {}
-        parent = self._parent(snapshot_id, marker, run, memo, {**kept, **listings})
+        parent = self._parent(snapshot_id, marker, run, memo, listings)
         packer = Packer(repo)
         built: dict[bytes, list[Node]] = {}
         stats = [0, 0]
@@ -295,8 +290,6 @@ class CommitStage:
                 paths=tuple(paths), time=marker.time, tree=root.hex(), files=assembly.files,
                 bytes_added=stats[1] + data_added, tags=marker.tags)
             report = CommitReport(unchanged, same, stats[0], stats[1], packed, skipped=True)
-            if self.keep_built:
-                self._built = built
             self.reports.append(report)
             return report
         restic_id = None
@@ -316,8 +309,6 @@ class CommitStage:
                                  tags=marker.tags)
         report = CommitReport(done, snap, stats[0], stats[1], packed)
         self._save_bitmap(report, built)
-        if self.keep_built:
-            self._built = built
         self.reports.append(report)
         return report
 

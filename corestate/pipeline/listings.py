@@ -68,6 +68,10 @@ def entry_of(n: Node) -> Entry:
                  list(n.xattrs), None if n.content is None else list(n.content), n.subtree)
 
 
+def _rows(nodes: Iterable[Node]) -> bytes:
+    return marshal.dumps(tuple(tuple(entry_of(n)) for n in nodes))
+
+
 def cache_file(directory: str, host: str, paths: Iterable[str]) -> str:
     """The cache file of the snapshots of ``host`` and ``paths`` in ``directory``."""
     lineage = "\0".join([host, *paths]).encode("utf-8", "surrogateescape")
@@ -81,24 +85,33 @@ class ListingCache:
     names a parent tree the commit rebuilds (it is not in the next snapshot). What
     :meth:`save` keeps is the next snapshot's trees: after a scan that listed every
     directory, the trees used and added and not replaced; after a partial scan (only
-    the dirty directories), every tree it had, less the replaced ones, plus the added."""
+    the dirty directories), every tree it had, less the replaced ones, plus the added.
 
-    def __init__(self, key: Key, path: str | None = None) -> None:
+    With ``keep_nodes`` (a cache carried from run to run in one process: protect), the
+    trees the last run added stay as the nodes they were built as, and :meth:`get`
+    returns those: the next scan hands them to the commit, which rebuilds a directory
+    that changed again from them, decoding nothing (at 1000 changes/s nearly every
+    directory is dirty). A tree becomes a row listing when a run passes without adding
+    it again, or when the cache is saved."""
+
+    def __init__(self, key: Key, path: str | None = None, keep_nodes: bool = False) -> None:
         self.key = key
         self.path = path
-        # tree id -> its entries as rows (tuples), marshalled: a listing takes Python
-        # objects only while a scan reads it
-        self._listings: dict[bytes, bytes] = {}
+        self.keep_nodes = keep_nodes
+        # tree id -> its entries as rows (tuples), marshalled (a listing takes Python
+        # objects only while a scan reads it); or, with keep_nodes, the nodes in hand
+        self._listings: dict[bytes, bytes | list[Node]] = {}
         self._used: set[bytes] = set()
+        self._added: set[bytes] = set()
         self._replaced: set[bytes] = set()
         self.hits = 0
         self.loaded = False
         self.changed = False  # not as loaded: save() writes it
 
     @classmethod
-    def load(cls, key: Key, path: str) -> ListingCache:
+    def load(cls, key: Key, path: str, keep_nodes: bool = False) -> ListingCache:
         """The cache stored at ``path``; empty if there is none or it cannot be used."""
-        cache = cls(key, path)
+        cache = cls(key, path, keep_nodes)
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -126,27 +139,35 @@ class ListingCache:
     def __len__(self) -> int:
         return len(self._listings)
 
-    def get(self, tree_id: bytes) -> list[Entry] | None:
-        """The listing of ``tree_id``, if cached."""
-        rows = self._listings.get(tree_id)
-        if rows is None:
+    def get(self, tree_id: bytes) -> list[Entry] | list[Node] | None:
+        """The listing of ``tree_id`` if cached: entries, or the nodes in hand."""
+        found = self._listings.get(tree_id)
+        if found is None:
             return None
-        try:
-            entries = list(map(Entry._make, marshal.loads(rows)))
-        except (ValueError, TypeError, EOFError):  # not a listing: load the tree instead
-            del self._listings[tree_id]
-            return None
+        if isinstance(found, list):
+            listing: list[Entry] | list[Node] = found
+        else:
+            try:
+                listing = list(map(Entry._make, marshal.loads(found)))
+            except (ValueError, TypeError, EOFError):  # not a listing: load the tree instead
+                del self._listings[tree_id]
+                return None
         self._used.add(tree_id)
         self.hits += 1
-        return entries
+        return listing
 
     def add(self, tree_id: bytes, nodes: Iterable[Node]) -> None:
         """The listing of a tree this run loaded or built."""
-        rows = marshal.dumps(tuple(tuple(entry_of(n)) for n in nodes))
-        if self._listings.get(tree_id) != rows:
-            self._listings[tree_id] = rows
+        if self.keep_nodes:
+            self._listings[tree_id] = list(nodes)
             self.changed = True
+        else:
+            rows = _rows(nodes)
+            if self._listings.get(tree_id) != rows:
+                self._listings[tree_id] = rows
+                self.changed = True
         self._used.add(tree_id)
+        self._added.add(tree_id)
         self._replaced.discard(tree_id)  # rebuilt as it was
 
     def replaced(self, tree_id: bytes) -> None:
@@ -155,11 +176,16 @@ class ListingCache:
     def forget_run(self, full_scan: bool) -> None:
         """End a run: keep the next snapshot's trees (see the class doc)."""
         keep = self._used if full_scan else self._listings.keys()
-        kept = {t: self._listings[t] for t in keep
-                if t not in self._replaced and t in self._listings}
+        kept: dict[bytes, bytes | list[Node]] = {}
+        for t in keep:
+            found = self._listings.get(t)
+            if found is None or t in self._replaced:
+                continue
+            kept[t] = _rows(found) if isinstance(found, list) and t not in self._added \
+                else found
         self.changed = self.changed or len(kept) != len(self._listings)
         self._listings = kept
-        self._used, self._replaced = set(), set()
+        self._used, self._added, self._replaced = set(), set(), set()
 
     def save(self) -> None:
         """Write the cache file atomically, if it changed since it was loaded or saved.
@@ -170,7 +196,10 @@ class ListingCache:
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            data = self.key.encrypt(marshal.dumps(self._listings))
+            rows = {t: _rows(found) if isinstance(found, list) else found
+                    for t, found in self._listings.items()}  # the nodes in hand stay
+            data = self.key.encrypt(marshal.dumps(rows))
+            del rows
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with open(fd, "wb") as f:
                 f.write(_MAGIC)

@@ -190,7 +190,7 @@ class Scanner:
         listings = self.listings
         cached = listings.get(tree_id) if listings is not None else None
         if cached is not None:
-            return {e.name: e for e in cached}
+            return {e.name: e for e in cached}  # entries, or nodes protect kept
         try:
             nodes = self.load_tree(tree_id)
         except CoreStateError:

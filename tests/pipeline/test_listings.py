@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from corestate.connectors.local import LocalBackend
-from corestate.pipeline.backup import BackupOptions, backup
+from corestate.pipeline.backup import BackupCache, BackupOptions, backup
 from corestate.pipeline.listings import ListingCache, cache_file
 from corestate.repository.crypto import Key
 from corestate.repository.repository import Repository
@@ -124,3 +125,33 @@ def test_a_listing_of_another_format_is_loaded_from_the_repository(tmp_path):
     assert cache.get(b"t" * 32) is None
     assert cache.get(b"u" * 32) is None
     assert len(cache) == 0
+
+
+@pytest.mark.restic
+def test_a_carried_cache_writes_the_listings_a_later_backup_reads(tmp_path, monkeypatch):
+    """protect's cache keeps the nodes its commits build in memory and writes them as
+    listings after its first run; a later one-off backup reads them from the file."""
+    src, repo, opts = _setup(tmp_path)
+    cache = BackupCache()
+    try:
+        backup(repo, opts, cache=cache)  # the catch-up: written
+        assert cache.listings is not None and cache.listings.keep_nodes
+        (src / "b" / "f3").write_text("changed")
+        every = frozenset(os.fsencode(str(p)) for p in [src, *src.rglob("*")] if p.is_dir())
+        loads = _count_tree_loads(monkeypatch)
+        again = backup(repo, replace(opts, dirty_dirs=every), cache=cache)
+        assert again.files_changed == 1 and loads == []  # nodes in hand, nothing decoded
+        monkeypatch.undo()
+    finally:
+        cache.close()
+    path = cache_file(opts.listings or "", opts.hostname, [str(src)])
+    assert ListingCache.load(repo.key, path).loaded
+    (src / "b" / "f3").write_text("changed again")  # b's listing on file is the first one's
+    above = _above(repo, src)
+    loads = _count_tree_loads(monkeypatch)
+    summary = backup(repo, opts)
+    assert summary.files_changed == 1
+    # from the file: only b, the source and above them loaded (to rebuild them)
+    assert len(set(loads) - above) <= 2, loads
+    monkeypatch.undo()
+    _restic_restores(tmp_path, src, "out")
