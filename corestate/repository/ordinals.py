@@ -75,12 +75,30 @@ class OrdinalTable:
                 out.append(n)
         return BitMap(out)
 
+    def extend(self, blob_ids: Iterable[bytes]) -> None:
+        """Give ordinals, in order, to those of ``blob_ids`` that have none (one lock;
+        ids all new and distinct, the common case, are added at C speed)."""
+        ids = list(blob_ids)
+        with self._lock:
+            ordinal, known = self._ordinal, self.ids
+            if len(set(ids)) == len(ids) and ordinal.keys().isdisjoint(ids):
+                ordinal.update(zip(ids, range(len(known), len(known) + len(ids))))
+                known.extend(ids)
+                return
+            for blob_id in ids:
+                if blob_id not in ordinal:
+                    ordinal[blob_id] = len(known)
+                    known.append(blob_id)
+
+    def missing(self, blob_ids: Iterable[bytes]) -> list[bytes]:
+        """Those of ``blob_ids`` without an ordinal, sorted."""
+        return sorted(set(blob_ids).difference(self._ordinal))
+
     def extend_segment(self, base: int, ids: list[bytes]) -> bool:
         """Append a stored segment if it starts where the table ends; else ignore it."""
         if base != self.stored_len or base != len(self.ids):
             return False
-        for blob_id in ids:
-            self.assign(blob_id)
+        self.extend(ids)
         self.stored_len = len(self.ids)
         self.boundaries[self.stored_len] = self.chain_digest(base, ids)
         return True
@@ -126,8 +144,7 @@ def load_table(repo: Repository) -> OrdinalTable:
             continue
         if ids is not None:
             table.extend_segment(base, ids)
-    for blob_id in sorted(b for b in repo.index.blob_ids() if table.get(b) is None):
-        table.assign(blob_id)
+    table.extend(table.missing(repo.index.blob_ids()))
     return table
 
 

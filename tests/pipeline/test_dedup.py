@@ -110,3 +110,16 @@ def test_a_lane_reset_learns_what_others_stored_and_rebuilds_after_a_prune(tmp_p
     stage.reset()
     list(stage.handle(0, 5, mine))
     assert stage.blobs_stored == 3, "with its index gone the blob is stored again"
+
+
+def test_the_ordinal_table_extends_in_order_and_keeps_known_ordinals():
+    """Loading a table gives ordinals in segment order; an id seen before keeps its
+    ordinal (the slow path) and new ones follow without gaps (both paths)."""
+    table = ordinals.OrdinalTable()
+    ids = [bytes([i]) * 32 for i in range(6)]
+    table.extend(ids[:3])  # all new: the fast path
+    assert [table.get(b) for b in ids[:3]] == [0, 1, 2]
+    table.extend([ids[4], ids[1], ids[3], ids[4]])  # known and repeated ones
+    assert [table.get(b) for b in ids] == [0, 1, 2, 4, 3, None]
+    assert table.ids == [ids[0], ids[1], ids[2], ids[4], ids[3]]
+    assert table.missing([ids[5], ids[0], ids[5]]) == [ids[5]]
