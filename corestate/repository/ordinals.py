@@ -64,7 +64,13 @@ class OrdinalTable:
 
     def ordinals(self, blob_ids: Iterable[bytes]) -> BitMap:
         """The bitmap of ``blob_ids``, assigning ordinals to new ones (one lock)."""
+        if not isinstance(blob_ids, list):
+            blob_ids = list(blob_ids)
         with self._lock:
+            try:  # every one known, the common case: mapped at C speed
+                return BitMap(list(map(self._ordinal.__getitem__, blob_ids)))
+            except KeyError:
+                pass
             out = []
             for blob_id in blob_ids:
                 n = self._ordinal.get(blob_id)
