@@ -32,7 +32,8 @@ table says so.
 
 Fairness: every tool backs up a fresh ``cp -a`` of the pristine corpus at the same
 absolute path, synced and read once just before (page cache warm for all); every tool
-gets empty cache and config directories (XDG_CACHE_HOME, XDG_CONFIG_HOME) each round.
+gets empty cache, config and state directories (XDG_CACHE_HOME, XDG_CONFIG_HOME,
+XDG_STATE_HOME: restic's and rustic's cache, corestate's listing cache) each round.
 """
 from __future__ import annotations
 
@@ -289,10 +290,11 @@ def run_round(name: str, res: ToolResult, rnd: int, src: Path, work: Path) -> No
     tool, exe = TOOLS[name], TOOLS[name].find()
     assert exe is not None
     repo, target, logs = work / "repo", work / "restore", work / "logs"
-    for d in (target, logs, work / "cache", work / "config"):
+    for d in (target, logs, work / "cache", work / "config", work / "state"):
         d.mkdir(parents=True)
     env = {**os.environ, **tool.env, "XDG_CACHE_HOME": str(work / "cache"),
-           "XDG_CONFIG_HOME": str(work / "config")}
+           "XDG_CONFIG_HOME": str(work / "config"), "XDG_STATE_HOME": str(work / "state")}
+    env.pop("CORESTATE_STATE_DIR", None)
     phases: dict[str, Measurement] = {}
     res.rounds.append(phases)
     steps: list[tuple[str, list[str], Path]] = [("init", tool.init(exe, repo), work)]
