@@ -26,15 +26,19 @@ def _setup(tmp_path: Path) -> tuple[Path, Repository, BackupOptions]:
     return src, repo, BackupOptions(paths=[str(src)], listings=str(tmp_path / "listings"))
 
 
+def _chain(repo: Repository, src: Path) -> list[bytes]:
+    """The trees of the latest snapshot from its root down to ``src``'s."""
+    chain = [repo.find_snapshot("latest").tree]
+    for part in src.parts[1:]:
+        chain.append(next(n for n in repo.load_tree(chain[-1])
+                          if n.name == os.fsencode(part)).subtree)
+    return chain
+
+
 def _above(repo: Repository, src: Path) -> set[bytes]:
-    """The trees of the latest snapshot's directories above ``src`` (the root and the
-    virtual directories on the way), which every commit assembles afresh."""
-    tree = repo.find_snapshot("latest").tree
-    found = {tree}
-    for part in src.parts[1:-1]:
-        tree = next(n for n in repo.load_tree(tree) if n.name == os.fsencode(part)).subtree
-        found.add(tree)
-    return found
+    """The trees of the directories above ``src`` (the root and the virtual directories
+    on the way), which every commit assembles afresh."""
+    return set(_chain(repo, src)[:-1])
 
 
 def _restic_restores(tmp_path: Path, src: Path, name: str) -> None:
@@ -50,15 +54,18 @@ def test_a_re_backup_reads_the_parent_trees_from_the_cache(tmp_path, monkeypatch
     commit assembles), and one after changes loads only the trees of the directories
     the commit rebuilds; restic restores each snapshot as the disk is."""
     src, repo, opts = _setup(tmp_path)
+    name = b"a-file-name-no-ciphertext-holds-by-chance"
+    (src / os.fsdecode(name)).write_text("x")
     backup(repo, opts)
     above = _above(repo, src)
     path = cache_file(opts.listings or "", opts.hostname, [str(src)])
     assert os.path.exists(path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert b"f0" not in Path(path).read_bytes()  # names are encrypted
+    assert name not in Path(path).read_bytes()  # names are encrypted
+    assert any(e.name == name for e in ListingCache.load(repo.key, path).get(_chain(repo, src)[-1]) or ())
     loads = _count_tree_loads(monkeypatch)
     same = backup(repo, opts)
-    assert same.files_unmodified == 20 and same.files_changed == 0
+    assert same.files_unmodified == 21 and same.files_changed == 0
     assert loads and set(loads) <= above, "trees of the source loaded by an unchanged run"
     (src / "b" / "f1").write_text("changed")
     (src / "c" / "deep" / "er" / "new").write_text("new")
