@@ -23,8 +23,8 @@ A :class:`BackupCache` carries, from one backup of the same paths to the next, t
 runner (its worker processes), the commit stage (its memo of tree bitmaps and file
 counts), the listings in memory (with the nodes of the trees the last commit built,
 from which the next commit rebuilds a directory that changed again) and the last
-snapshot; ``corestate protect`` keeps one. When a prune rewrote the index, everything cached about blobs is
-dropped.
+snapshot; ``corestate protect`` keeps one. When a prune rewrote the index, everything
+cached about blobs is dropped.
 """
 
 from __future__ import annotations

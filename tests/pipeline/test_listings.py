@@ -62,7 +62,8 @@ def test_a_re_backup_reads_the_parent_trees_from_the_cache(tmp_path, monkeypatch
     assert os.path.exists(path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert name not in Path(path).read_bytes()  # names are encrypted
-    assert any(e.name == name for e in ListingCache.load(repo.key, path).get(_chain(repo, src)[-1]) or ())
+    listing = ListingCache.load(repo.key, path).get(_chain(repo, src)[-1]) or []
+    assert any(e.name == name for e in listing)
     loads = _count_tree_loads(monkeypatch)
     same = backup(repo, opts)
     assert same.files_unmodified == 21 and same.files_changed == 0
