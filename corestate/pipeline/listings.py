@@ -104,7 +104,6 @@ class ListingCache:
         self._used: set[bytes] = set()
         self._added: set[bytes] = set()
         self._replaced: set[bytes] = set()
-        self.hits = 0
         self.loaded = False
         self.changed = False  # not as loaded: save() writes it
 
@@ -153,7 +152,6 @@ class ListingCache:
                 del self._listings[tree_id]
                 return None
         self._used.add(tree_id)
-        self.hits += 1
         return listing
 
     def add(self, tree_id: bytes, nodes: Iterable[Node]) -> None:

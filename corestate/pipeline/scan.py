@@ -337,10 +337,9 @@ class Scanner:
         if d.tree is not None:
             if self.listings is not None:
                 self.listings.replaced(d.tree)
-            old = list(d.old.values()) if d.old is not None else []
-            if self.summaries is not None and d.old is not None \
-                    and all(isinstance(n, Node) for n in old):
-                self.summaries.listing(d.tree, old)  # type: ignore[arg-type]
+            nodes = [n for n in d.old.values() if isinstance(n, Node)] if d.old else []
+            if self.summaries is not None and d.old is not None and len(nodes) == len(d.old):
+                self.summaries.listing(d.tree, nodes)
         d.old = None
 
     def _capture(self, path: bytes, node: Node) -> None:

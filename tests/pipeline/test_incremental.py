@@ -138,8 +138,9 @@ def test_each_parent_tree_is_decoded_once_per_backup(tmp_path, monkeypatch):
 
 @pytest.mark.restic
 def test_consecutive_backups_in_one_process_read_the_trees_just_built(tmp_path, monkeypatch):
-    """protect's next snapshot scans the trees its last commit built: it takes them
-    from the commit (nodes in hand) instead of loading and decoding them (at 1000
+    """protect's next snapshot scans the trees its last commit built: its carried
+    listing cache holds them as nodes, which the scan hands to the commit for the
+    directories that changed again, instead of loading and decoding them (at 1000
     changes/s nearly every directory is dirty, and decoding was 44% of protect's main
     process). Nothing is loaded from the repository by the second and third backups of
     a carried cache, and their snapshots are what restic restores."""

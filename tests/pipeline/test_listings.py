@@ -4,6 +4,7 @@ used costs only loading the trees."""
 
 from __future__ import annotations
 
+import marshal
 import os
 import stat
 from dataclasses import replace
@@ -123,13 +124,13 @@ def test_a_cache_that_cannot_be_used_only_costs_loading_the_trees(tmp_path, monk
         assert ListingCache.load(repo.key, str(path)).loaded
 
 
-def test_a_listing_of_another_format_is_loaded_from_the_repository(tmp_path):
+def test_a_listing_of_another_format_is_dropped(tmp_path):
     """An entry of the cache that is not a listing (an older format under the same
-    key) is dropped and its tree loaded: never an error."""
+    key) is dropped, so the scan loads its tree: never an error."""
     key = Key.random()
     cache = ListingCache(key, str(tmp_path / "c"))
     cache._listings[b"t" * 32] = b"\x00not marshal"
-    cache._listings[b"u" * 32] = __import__("marshal").dumps((("too", "short"),))
+    cache._listings[b"u" * 32] = marshal.dumps((("too", "short"),))
     assert cache.get(b"t" * 32) is None
     assert cache.get(b"u" * 32) is None
     assert len(cache) == 0
