@@ -5,10 +5,12 @@ a full walk against the latest snapshot of the same paths, which reads only file
 size, mtime, ctime or inode changed while nothing was watching), then one whenever
 something changed, at most every ``interval`` seconds.
 
-Between consistency points the watcher reports *dirty directories*: fanotify with
-filesystem-wide marks where this process may use it (:mod:`corestate.kernel.watch.fanotify`;
-no watch limit, no race with new directories), else recursive inotify
-(:mod:`corestate.kernel.watch.inotify`); the next snapshot re-lists only those and takes every other subtree from
+Between consistency points the watcher reports *dirty directories* and the entries its
+events named: fanotify with filesystem-wide marks where this process may use it
+(:mod:`corestate.kernel.watch.fanotify`; no watch limit, no race with new directories),
+else recursive inotify
+(:mod:`corestate.kernel.watch.inotify`); the next snapshot looks only at the named
+entries of those (:mod:`corestate.pipeline.scan`) and takes every other subtree from
 the previous snapshot without reading it (:class:`~corestate.pipeline.backup.BackupCache`
 carries the subtree bitmaps along). An inotify queue overflow makes the next snapshot a
 full scan; directories the watcher could not watch (out of inotify watches) are
@@ -97,9 +99,11 @@ class Protector:
         self._stop.set()
 
     def _backup(self, dirty: frozenset[bytes] | None, rescan: frozenset[bytes],
-                changed: frozenset[bytes], catch_up: bool = False) -> ConsistencyPoint | None:
+                changed: frozenset[bytes], fresh: frozenset[bytes] = frozenset(),
+                catch_up: bool = False) -> ConsistencyPoint | None:
         opts = BackupOptions(paths=self.paths, excludes=self.excludes, tags=self.opts.tags,
-                             dirty_dirs=dirty, rescan=rescan, block_store=self.opts.block_store,
+                             dirty_dirs=dirty, rescan=rescan, named=changed, fresh=fresh,
+                             block_store=self.opts.block_store,
                              listings=self.opts.listings,
                              skip_unchanged=not catch_up)
         if self.opts.hostname:
@@ -123,7 +127,8 @@ class Protector:
         catch_up = not self._caught_up  # the first point saves even an unchanged tree
         self._caught_up = True
         self._backup(None if changes.full else frozenset(changes.dirty),
-                     frozenset(changes.rescans), frozenset(changes.named), catch_up=catch_up)
+                     frozenset(changes.rescans), frozenset(changes.named),
+                     frozenset(changes.subtrees), catch_up=catch_up)
 
     def failed(self, exc: Exception) -> None:
         if self.on_error is not None:

@@ -69,6 +69,11 @@ class BackupOptions:
     dirty_dirs: frozenset[bytes] | None = None
     # With dirty_dirs: subtrees to scan whole all the same (not watched, or unsure).
     rescan: frozenset[bytes] = frozenset()
+    # With dirty_dirs: the paths the watcher's events named, and those of them created
+    # or moved in (fresh). A dirty directory whose changes they name is not listed: only
+    # the named entries are looked at (:mod:`.scan`). None: dirty directories are listed.
+    named: frozenset[bytes] | None = None
+    fresh: frozenset[bytes] = frozenset()
     # Files this big are stored as fixed-size blocks (an unchanged block is the same
     # blob); with a block store, only blocks whose xxh3 changed are hashed and stored.
     block_threshold: int = BLOCK_THRESHOLD
@@ -216,7 +221,8 @@ def _run(repo: Repository, opts: BackupOptions, paths: list[str], progress: Prog
     scanner = Scanner(run_id, lambda record: None, repo.load_tree,
                       ExcludeMatcher(opts.excludes), Sources(paths), force=opts.force,
                       dirty=opts.dirty_dirs if parent else None, rescan=opts.rescan,
-                      skip=repo_path, summaries=cache.commit, listings=listings)
+                      skip=repo_path, summaries=cache.commit, listings=listings,
+                      named=opts.named, fresh=opts.fresh)
 
     def scan(sink: Callable[[Record], None]) -> list[bytes]:
         scanner.sink = sink
@@ -286,4 +292,4 @@ def _listings(repo: Repository, opts: BackupOptions, paths: list[str],
 
 
 def _full(opts: BackupOptions) -> BackupOptions:
-    return replace(opts, dirty_dirs=None, rescan=frozenset())
+    return replace(opts, dirty_dirs=None, rescan=frozenset(), named=None, fresh=frozenset())

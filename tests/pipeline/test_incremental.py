@@ -63,6 +63,68 @@ def test_dirty_directories_only(tmp_path):
     assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
 
 
+def _node(repo: Repository, snapshot_id: str, rel: str):
+    """The node of ``rel`` (below the root's path components) in a snapshot."""
+    nodes = repo.load_tree(repo.load_snapshot(snapshot_id).tree)
+    for part in rel.strip("/").split("/"):
+        node = next(n for n in nodes if n.name == os.fsencode(part))
+        if node.type == "dir":
+            nodes = repo.load_tree(node.subtree)
+    return node
+
+
+@pytest.mark.restic
+def test_a_dirty_directory_looks_only_at_its_named_entries(tmp_path):
+    src = _tree(tmp_path / "src")
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), "correct horse battery staple")
+    cache = BackupCache()
+    backup(repo, BackupOptions(paths=[str(src)]), cache=cache)
+    y, b = src / "a" / "y", src / "b"
+    (y / "f0").write_text("changed")
+    (y / "new").write_text("new file")
+    os.unlink(y / "f4")
+    os.rename(y / "f3", y / "f3-renamed")
+    # changed without an event naming it: missed, the proof that a dirty directory's
+    # other entries are not looked at
+    (y / "f1").write_text("not noticed")
+    # a hard link made in b: f0's link count and ctime changed without an event
+    os.link(b / "f0", b / "link")
+    os.makedirs(src / "c" / "fresh" / "inner")  # created: listed whole, named or not
+    (src / "c" / "fresh" / "inner" / "g").write_text("in a new directory")
+    # a/x swapped for another directory, then one file in it written: what a/x holds now
+    # was never named but f0, yet the parent has other entries of that name there
+    os.rename(src / "a" / "x", src / "a" / "x-old")
+    os.rename(src / "c" / "deep" / "er", src / "a" / "x")
+    (src / "a" / "x" / "f0").write_text("written after the move")
+
+    def p(rel: str) -> bytes:
+        return os.fsencode(str(src / rel))
+
+    named = frozenset(p(r) for r in ("a/y/f0", "a/y/new", "a/y/f4", "a/y/f3", "a/y/f3-renamed",
+                                     "b/link", "c/fresh", "a/x", "a/x-old", "c/deep/er",
+                                     "a/x/f0"))
+    fresh = frozenset(p(r) for r in ("c/fresh", "a/x", "a/x-old"))
+    dirty = frozenset(p(d) for d in ("a", "a/y", "b", "c", "c/fresh", "c/fresh/inner", "a/x",
+                                     "a/x-old", "c/deep"))
+    second = backup(repo, BackupOptions(paths=[str(src)], dirty_dirs=dirty, named=named,
+                                        fresh=fresh), cache=cache)
+    # changed: a/y/f0, b/f0 (its ctime moved: b is listed whole for the hard link) and
+    # the 5 files of the new a/x (listed whole: the parent has files of their names);
+    # new: a/y/new, a/y/f3-renamed, b/link, c/fresh/inner/g and the 5 files of a/x-old
+    assert (second.files_changed, second.files_new) == (7, 9)
+    assert second.total_files_processed == 3 + 6 + 1 + 10  # f1 to f3 of a/y not looked at
+    assert _node(repo, second.snapshot_id, f"{src}/b/f0").links == 2
+    assert _node(repo, second.snapshot_id, f"{src}/a/y/f1").size == len("a/y 1 " * 200)
+    run_restic("-r", str(tmp_path / "repo"), "check", "--read-data")
+    # without the names the directory is listed whole: f1 is noticed
+    third = backup(repo, BackupOptions(paths=[str(src)], dirty_dirs=frozenset({p("a/y")})),
+                   cache=cache)
+    assert third.files_changed == 1
+    target = tmp_path / "out"
+    run_restic("-r", str(tmp_path / "repo"), "restore", "latest", "--target", str(target))
+    assert tree_manifest(restored_root(target, src)) == tree_manifest(src)
+
+
 def test_extended_attributes_are_read_again_only_when_ctime_moved(tmp_path, monkeypatch):
     """An entry whose ctime, inode and device are the parent's keeps the parent's xattrs
     without asking the kernel (setting or removing one changes ctime); a changed one is
