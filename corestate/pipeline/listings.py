@@ -88,11 +88,12 @@ class ListingCache:
     the dirty directories), every tree it had, less the replaced ones, plus the added.
 
     With ``keep_nodes`` (a cache carried from run to run in one process: protect), the
-    trees the last run added stay as the nodes they were built as, and :meth:`get`
+    trees the last two runs added stay as the nodes they were built as, and :meth:`get`
     returns those: the next scan hands them to the commit, which rebuilds a directory
     that changed again from them, decoding nothing (at 1000 changes/s nearly every
-    directory is dirty). A tree becomes a row listing when a run passes without adding
-    it again, or when the cache is saved."""
+    directory is dirty, but not in every run). A kept node keeps the JSON it was stored
+    as, so a rebuilt directory re-encodes only its changed entries. A tree becomes a row
+    listing when two runs pass without adding it again; the file holds rows only."""
 
     def __init__(self, key: Key, path: str | None = None, keep_nodes: bool = False) -> None:
         self.key = key
@@ -103,6 +104,7 @@ class ListingCache:
         self._listings: dict[bytes, bytes | list[Node]] = {}
         self._used: set[bytes] = set()
         self._added: set[bytes] = set()
+        self._added_before: set[bytes] = set()  # by the run before (keep_nodes)
         self._replaced: set[bytes] = set()
         self.loaded = False
         self.changed = False  # not as loaded: save() writes it
@@ -157,7 +159,11 @@ class ListingCache:
     def add(self, tree_id: bytes, nodes: Iterable[Node]) -> None:
         """The listing of a tree this run loaded or built."""
         if self.keep_nodes:
-            self._listings[tree_id] = list(nodes)
+            kept = list(nodes)
+            for n in kept:
+                if n.stored_json is None:  # built by the commit: as its tree stored it
+                    n.stored_json = n.to_json()
+            self._listings[tree_id] = kept
             self.changed = True
         else:
             rows = _rows(nodes)
@@ -179,10 +185,11 @@ class ListingCache:
             found = self._listings.get(t)
             if found is None or t in self._replaced:
                 continue
-            kept[t] = _rows(found) if isinstance(found, list) and t not in self._added \
-                else found
+            recent = t in self._added or t in self._added_before
+            kept[t] = _rows(found) if isinstance(found, list) and not recent else found
         self.changed = self.changed or len(kept) != len(self._listings)
         self._listings = kept
+        self._added_before = self._added
         self._used, self._added, self._replaced = set(), set(), set()
 
     def save(self) -> None:

@@ -233,9 +233,10 @@ class Node:
     # Why the stored JSON of this node could not be read in full ("" when it could):
     # such a node keeps what could be read, and readers report it instead of using it.
     damage: str = field(default="", compare=False)
-    # A node loaded from a tree keeps the JSON it was stored with and serialises back to
-    # exactly it (an unchanged file costs no re-encoding and yields an identical tree).
-    # Code that modifies a loaded node must set this to None.
+    # A node loaded from a tree (or kept after its tree was built: protect's listing
+    # cache) keeps the JSON it was stored with and serialises back to exactly it (an
+    # unchanged file costs no re-encoding and yields an identical tree).
+    # Code that modifies such a node must set this to None.
     stored_json: dict[str, object] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, object]:

@@ -13,6 +13,7 @@ from corestate.maintenance.usage import tree_blob_ids
 from corestate.repository import ordinals
 from corestate.pipeline.backup import BackupCache, BackupOptions, backup
 from corestate.repository.repository import Repository
+from corestate.repository.tree import Node
 from tests.conftest import PASSWORD, restored_root, run_restic, tree_manifest
 
 
@@ -204,22 +205,39 @@ def test_consecutive_backups_in_one_process_read_the_trees_just_built(tmp_path, 
     listing cache holds them as nodes, which the scan hands to the commit for the
     directories that changed again, instead of loading and decoding them (at 1000
     changes/s nearly every directory is dirty, and decoding was 44% of protect's main
-    process). Nothing is loaded from the repository by the second and third backups of
-    a carried cache, and their snapshots are what restic restores."""
+    process). Nothing is loaded from the repository by the backups of a carried cache,
+    not even for a directory the run before left alone (kept for two runs); a rebuilt
+    directory encodes only its changed entries afresh (the kept nodes keep their JSON);
+    and the snapshots are what restic restores."""
     src = _tree(tmp_path / "src")
     repo = Repository.init(LocalBackend(str(tmp_path / "repo")), PASSWORD)
     cache = BackupCache()
     loads = _count_tree_loads(monkeypatch)
+    encoded: list[bytes] = []
+    to_json = Node.to_json
+
+    def counting(node: Node) -> dict[str, object]:
+        if node.stored_json is None:
+            encoded.append(node.name)
+        return to_json(node)
+
+    monkeypatch.setattr(Node, "to_json", counting)
     try:
         backup(repo, BackupOptions(paths=[str(src)]), cache=cache)
         every = frozenset(os.fsencode(str(p)) for p in [src, *src.rglob("*")] if p.is_dir())
-        for round_ in range(2):
-            for d in ("a/x", "b", "c/deep/er"):
+        for round_, changed in enumerate([("a/x", "b", "c/deep/er"), ("c/deep/er",), ("a/x",)]):
+            for d in changed:
                 (src / d / "f0").write_text(f"changed {round_}")
             loads.clear()
+            encoded.clear()
             again = backup(repo, BackupOptions(paths=[str(src)], dirty_dirs=every), cache=cache)
-            assert again.files_changed == 3
+            assert again.files_changed == len(changed)
             assert loads == [], f"{len(loads)} trees loaded and decoded again"
+        # the last run encoded f0 and the directories from a/x up to the root (x in a, a
+        # in src, and so on; each for its tree, and again as the cache keeps it), none of
+        # their unchanged siblings
+        fresh = [b"f0", *map(os.fsencode, (src / "a" / "x").parts[1:])]
+        assert sorted(encoded) == sorted(fresh * 2), encoded
     finally:
         cache.close()
     monkeypatch.undo()
