@@ -20,6 +20,14 @@ Terms:
   :func:`~corestate.kernel.reflink.own_temp`) are dropped, else every point would cause
   the next.
 
+- *collection*: a loop holds about a million long-lived objects (the index, the trees
+  kept for the next point), and each full run of Python's cyclic garbage collector
+  walks them all: at 1000 changes/s every few seconds, 0.27 s each, 4.8 s of a 25 s
+  run. So after every point the objects alive are frozen (:func:`gc.freeze`, after a
+  young collection: the point's own cyclic garbage goes first; reference counting still
+  frees frozen objects), and only once every ``Cadence.full_collection`` seconds are
+  they unfrozen and collected in full (what cycles lived long enough to be frozen).
+
 The watcher (fanotify where permitted, else inotify; :mod:`corestate.kernel.watch`) is
 started before the first point, which is full, so nothing that changes meanwhile is
 missed. Directories the watcher could not watch are rescanned whole every
@@ -29,6 +37,7 @@ taker is ready), then the loop returns.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -133,6 +142,25 @@ class Cadence:
     unwatched_rescan: float = 60.0
     retry_after: float = 0.0
     coalesce: float = 0.05  # a quiet period's first batch is gathered at least this long
+    full_collection: float = 3600.0  # seconds between full garbage collections
+
+
+class Collector:
+    """The garbage collection of a watch loop (see *collection* in the module docstring)."""
+
+    def __init__(self, full_every: float) -> None:
+        self.full_every = full_every
+        self._last_full = time.monotonic()
+
+    def after_point(self) -> None:
+        now = time.monotonic()
+        if now - self._last_full >= self.full_every:
+            gc.unfreeze()
+            gc.collect()
+            self._last_full = now
+        else:
+            gc.collect(1)
+        gc.freeze()
 
 
 class WatchLoop:
@@ -149,6 +177,7 @@ class WatchLoop:
 
     def run(self, stop: threading.Event) -> None:
         cadence = self.cadence
+        collector = Collector(cadence.full_collection)
         with open_watcher(self.roots, self.excluded) as watcher:
             watcher.start()
             changes = Changes(full=True)
@@ -189,6 +218,7 @@ class WatchLoop:
                     last = time.monotonic()
                     try:
                         self.taker.take(taken)
+                        collector.after_point()
                     except (CoreStateError, OSError) as exc:
                         # storage away, brokers away, lock held by prune...: nothing is
                         # lost; the next point walks everything. The first point's
