@@ -22,7 +22,7 @@ import click
 from corestate import __version__
 from corestate.cli.context import Context
 from corestate.errors import CoreStateError
-from corestate.kernel.memory import tune_malloc
+from corestate.kernel.memory import tune_gc, tune_malloc
 
 # Command name -> the module that defines it. A module is imported only when one of its
 # commands runs (or `--help` lists them all), so a command starts without loading the
@@ -178,6 +178,7 @@ def _terminate(signum: int, frame: types.FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     tune_malloc()
+    tune_gc()
     signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=argv, prog_name="corestate", standalone_mode=False)

@@ -39,7 +39,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from corestate.errors import CoreStateError, PermanentError
-from corestate.kernel.memory import tune_malloc
+from corestate.kernel.memory import tune_gc, tune_malloc
 
 Replies = queue.SimpleQueue[tuple[int, list[Any]]]
 
@@ -75,6 +75,7 @@ def serve(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
     _die_with_parent()
     tune_malloc()
+    tune_gc()
     _log_like_parent()
     conn = Connection(fd)
     handler: Handler | None = None
