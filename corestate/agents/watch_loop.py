@@ -25,8 +25,9 @@ Terms:
   walks them all: at 1000 changes/s every few seconds, 0.27 s each, 4.8 s of a 25 s
   run. So after every point the objects alive are frozen (:func:`gc.freeze`, after a
   young collection: the point's own cyclic garbage goes first; reference counting still
-  frees frozen objects), and only once every ``Cadence.full_collection`` seconds are
-  they unfrozen and collected in full (what cycles lived long enough to be frozen).
+  frees frozen objects), and only after the first point (the catch-up's garbage) and
+  then once every ``Cadence.full_collection`` seconds are they unfrozen and collected in
+  full (what cycles lived long enough to be frozen).
 
 The watcher (fanotify where permitted, else inotify; :mod:`corestate.kernel.watch`) is
 started before the first point, which is full, so nothing that changes meanwhile is
@@ -150,7 +151,7 @@ class Collector:
 
     def __init__(self, full_every: float) -> None:
         self.full_every = full_every
-        self._last_full = time.monotonic()
+        self._last_full = float("-inf")  # the first point (the catch-up) is collected in full
 
     def after_point(self) -> None:
         now = time.monotonic()

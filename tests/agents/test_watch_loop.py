@@ -18,6 +18,8 @@ def test_after_a_point_the_live_objects_are_frozen_until_a_full_collection_is_du
     gc.unfreeze()
     try:
         collector = Collector(full_every=3600.0)
+        collector.after_point()  # the first point: collected in full, then frozen
+        assert gc.get_freeze_count() > 0
         young = _Cycle()
         dead = weakref.ref(_Cycle())  # cyclic garbage of the point: collected before freezing
         collector.after_point()
