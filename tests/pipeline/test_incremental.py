@@ -26,12 +26,18 @@ def _tree(root: Path) -> Path:
     return root
 
 
-@pytest.mark.restic
-def test_dirty_directories_only(tmp_path):
+def _backed_up(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The test tree, a repository, and a first backup of one into the other with a
+    cache carried to the next backups."""
     src = _tree(tmp_path / "src")
     repo = Repository.init(LocalBackend(str(tmp_path / "repo")), "correct horse battery staple")
     cache = BackupCache()
-    first = backup(repo, BackupOptions(paths=[str(src)]), cache=cache)
+    return src, repo, cache, backup(repo, BackupOptions(paths=[str(src)]), cache=cache)
+
+
+@pytest.mark.restic
+def test_dirty_directories_only(tmp_path):
+    src, repo, cache, first = _backed_up(tmp_path)
     assert first.total_files_processed == 20
     # change one file in a/y, add one in b, remove one in c/deep/er
     (src / "a" / "y" / "f0").write_text("changed")
@@ -76,10 +82,7 @@ def _node(repo: Repository, snapshot_id: str, rel: str):
 
 @pytest.mark.restic
 def test_a_dirty_directory_looks_only_at_its_named_entries(tmp_path):
-    src = _tree(tmp_path / "src")
-    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), "correct horse battery staple")
-    cache = BackupCache()
-    backup(repo, BackupOptions(paths=[str(src)]), cache=cache)
+    src, repo, cache, _ = _backed_up(tmp_path)
     y, b = src / "a" / "y", src / "b"
     (y / "f0").write_text("changed")
     (y / "new").write_text("new file")
