@@ -91,9 +91,11 @@ class ListingCache:
     trees the last two runs added stay as the nodes they were built as, and :meth:`get`
     returns those: the next scan hands them to the commit, which rebuilds a directory
     that changed again from them, decoding nothing (at 1000 changes/s nearly every
-    directory is dirty, but not in every run). A kept node keeps the JSON it was stored
-    as, so a rebuilt directory re-encodes only its changed entries. A tree becomes a row
-    listing when two runs pass without adding it again; the file holds rows only."""
+    directory is dirty, but not in every run). After a partial scan the nodes it built
+    keep the JSON they were stored as, so a directory rebuilt again re-encodes only its
+    changed entries (not after a full scan: a catch-up builds every tree, and their JSON
+    would double the memory of an idle protect). A tree becomes a row listing when two
+    runs pass without adding it again; the file holds rows only."""
 
     def __init__(self, key: Key, path: str | None = None, keep_nodes: bool = False) -> None:
         self.key = key
@@ -159,11 +161,7 @@ class ListingCache:
     def add(self, tree_id: bytes, nodes: Iterable[Node]) -> None:
         """The listing of a tree this run loaded or built."""
         if self.keep_nodes:
-            kept = list(nodes)
-            for n in kept:
-                if n.stored_json is None:  # built by the commit: as its tree stored it
-                    n.stored_json = n.to_json()
-            self._listings[tree_id] = kept
+            self._listings[tree_id] = list(nodes)
             self.changed = True
         else:
             rows = _rows(nodes)
@@ -187,6 +185,10 @@ class ListingCache:
                 continue
             recent = t in self._added or t in self._added_before
             kept[t] = _rows(found) if isinstance(found, list) and not recent else found
+            if isinstance(found, list) and t in self._added and not full_scan:
+                for n in found:  # built by the commit: its JSON as its tree stored it
+                    if n.stored_json is None:
+                        n.stored_json = n.to_json()
         self.changed = self.changed or len(kept) != len(self._listings)
         self._listings = kept
         self._added_before = self._added
