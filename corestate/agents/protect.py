@@ -10,8 +10,8 @@ events named: fanotify with filesystem-wide marks where this process may use it
 (:mod:`corestate.kernel.watch.fanotify`; no watch limit, no race with new directories),
 else recursive inotify (:mod:`corestate.kernel.watch.inotify`); the next snapshot looks
 only at the named entries of those (:mod:`corestate.pipeline.scan`) and takes every
-other subtree from the previous snapshot without reading it (:class:`~corestate.pipeline.backup.BackupCache`
-carries the subtree bitmaps along). An inotify queue overflow makes the next snapshot a
+other subtree from the previous snapshot without reading it
+(:class:`~corestate.pipeline.backup.BackupCache` carries the subtree bitmaps along). An inotify queue overflow makes the next snapshot a
 full scan; directories the watcher could not watch (out of inotify watches) are
 rescanned whole every ``unwatched_rescan`` seconds.
 

@@ -104,7 +104,8 @@ def _join(path: bytes, name: bytes) -> bytes:
 
 
 def _split(path: bytes) -> tuple[bytes, bytes]:
-    """A path's directory and name: ``b"/a/b"`` -> ``(b"/a", b"b")``, ``b"/a"`` -> ``(b"/", b"a")``."""
+    """A path's directory and name: ``b"/a/b"`` -> ``(b"/a", b"b")``; ``b"/a"`` ->
+    ``(b"/", b"a")``."""
     up, _, name = path.rstrip(b"/").rpartition(b"/")
     return up or b"/", name
 
