@@ -41,6 +41,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -406,7 +407,9 @@ def render_table(results: dict[str, ToolResult]) -> str:
         ratio = subject / ref[1] if subject is not None and ref and ref[1] else None
         limit = TARGETS.get(key)
         row.append(f"{TOOLS[ref[0]].label}: {_fmt(ref[1], key)}" if ref else "—")
-        row.append(f"{ratio:.2f}×" if ratio is not None else "—")
+        # rounded up: a ratio just over its target never prints as the target itself
+        shown = math.ceil(round(ratio * 100, 6)) / 100 if ratio is not None else None
+        row.append(f"{shown:.2f}×" if shown is not None else "—")
         row.append(f"≤ {limit}×" if limit is not None else "—")
         row.append("—" if limit is None else "n/a" if ratio is None
                    else "✅ met" if ratio <= limit else "❌ missed")
